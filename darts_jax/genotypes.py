@@ -1,0 +1,244 @@
+"""Genotypes: the discrete cells that a search derives and the evaluation networks build.
+
+``Genotype`` mirrors the original's namedtuple (``normal``, ``normal_concat``, ``reduce``,
+``reduce_concat``) but is immutable all the way down, parses the original's string form without
+``eval`` and round-trips through JSON.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+PRIMITIVES: tuple[str, ...] = (
+    'none',
+    'max_pool_3x3',
+    'avg_pool_3x3',
+    'skip_connect',
+    'sep_conv_3x3',
+    'sep_conv_5x5',
+    'dil_conv_3x3',
+    'dil_conv_5x5',
+)
+
+_FIELDS = ('normal', 'normal_concat', 'reduce', 'reduce_concat')
+
+
+def _as_pairs(pairs: Any, field: str) -> tuple[tuple[str, int], ...]:
+  out = []
+  for pair in pairs:
+    if (not isinstance(pair, (tuple, list)) or len(pair) != 2 or not isinstance(pair[0], str)
+        or not isinstance(pair[1], (int, np.integer)) or isinstance(pair[1], bool)):
+      raise ValueError(f'genotype {field}: each entry must be (op_name, input_index), got {pair!r}')
+    out.append((pair[0], int(pair[1])))
+  return tuple(out)
+
+
+def _as_concat(concat: Any, field: str) -> tuple[int, ...]:
+  try:
+    values = tuple(concat)
+  except TypeError:
+    raise ValueError(f'genotype {field}: expected a list of node indices, got {concat!r}') from None
+  if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+    raise ValueError(f'genotype {field}: expected a list of node indices, got {concat!r}')
+  return tuple(int(v) for v in values)
+
+
+@dataclasses.dataclass(frozen=True)
+class Genotype:
+  """A cell pair: per intermediate node two (op, input) pairs; inputs 0 and 1 are the cell inputs."""
+  normal: tuple[tuple[str, int], ...]
+  normal_concat: tuple[int, ...]
+  reduce: tuple[tuple[str, int], ...]
+  reduce_concat: tuple[int, ...]
+
+  def __post_init__(self):
+    for kind in ('normal', 'reduce'):
+      pairs = _as_pairs(getattr(self, kind), kind)
+      concat = _as_concat(getattr(self, kind + '_concat'), kind + '_concat')
+      if len(pairs) % 2:
+        raise ValueError(f'genotype {kind}: needs two (op, input) pairs per node, got {len(pairs)}')
+      for i, (op, j) in enumerate(pairs):
+        node = i // 2
+        if not 0 <= j < node + 2:
+          raise ValueError(f'genotype {kind}: node {node} takes input {j} ({op!r}); allowed '
+                           f'inputs are 0..{node + 1}')
+      steps = len(pairs) // 2
+      for c in concat:
+        if not 0 <= c < steps + 2:
+          raise ValueError(f'genotype {kind}_concat: {c} is not a state index 0..{steps + 1}')
+      object.__setattr__(self, kind, pairs)
+      object.__setattr__(self, kind + '_concat', concat)
+
+  @property
+  def ops(self) -> set[str]:
+    return {op for op, _ in self.normal + self.reduce}
+
+  def to_string(self) -> str:
+    """The original's ``str(Genotype(...))`` form."""
+    def pairs(p):
+      return '[' + ', '.join(f'({op!r}, {j})' for op, j in p) + ']'
+    return (f'Genotype(normal={pairs(self.normal)}, normal_concat={list(self.normal_concat)}, '
+            f'reduce={pairs(self.reduce)}, reduce_concat={list(self.reduce_concat)})')
+
+  __str__ = to_string
+
+  def to_dict(self) -> dict[str, list]:
+    return {'normal': [list(p) for p in self.normal], 'normal_concat': list(self.normal_concat),
+            'reduce': [list(p) for p in self.reduce], 'reduce_concat': list(self.reduce_concat)}
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict())
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> 'Genotype':
+    if not isinstance(d, Mapping):
+      raise ValueError(f'a genotype dict is needed, got {type(d).__name__}')
+    missing = [f for f in _FIELDS if f not in d]
+    extra = [k for k in d if k not in _FIELDS]
+    if missing or extra:
+      raise ValueError(f'genotype fields must be exactly {list(_FIELDS)}; missing {missing}, '
+                       f'unexpected {extra}')
+    return cls(**{f: d[f] for f in _FIELDS})
+
+  @classmethod
+  def from_json(cls, text: str) -> 'Genotype':
+    try:
+      d = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise ValueError(f'genotype JSON is malformed: {e}') from None
+    return cls.from_dict(d)
+
+  @classmethod
+  def from_string(cls, text: str) -> 'Genotype':
+    """Parses the original's string form (``range(a, b)`` allowed for the concats) without eval."""
+    return cls.from_dict(_parse_genotype_call(text))
+
+  def validate_ops(self, allowed: Sequence[str]) -> None:
+    for op in sorted(self.ops):
+      if op not in allowed:
+        raise ValueError(f'genotype uses unknown op {op!r}; allowed: {", ".join(allowed)}')
+
+
+def _literal(node: ast.AST, text: str) -> Any:
+  """A list/tuple/int/str literal, or ``range(a, b)`` / ``range(b)`` of int literals."""
+  if isinstance(node, ast.Constant) and isinstance(node.value, (int, str)):
+    return node.value
+  if isinstance(node, (ast.List, ast.Tuple)):
+    return [_literal(e, text) for e in node.elts]
+  if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == 'range'
+      and not node.keywords and 1 <= len(node.args) <= 2):
+    bounds = [_literal(a, text) for a in node.args]
+    if all(isinstance(b, int) for b in bounds):
+      return list(range(*bounds))
+  raise ValueError(f'malformed genotype string: unexpected {ast.get_source_segment(text, node)!r}')
+
+
+def _parse_genotype_call(text: str) -> dict[str, Any]:
+  if not isinstance(text, str):
+    raise ValueError(f'a genotype string is needed, got {type(text).__name__}')
+  try:
+    tree = ast.parse(text.strip(), mode='eval')
+  except SyntaxError:
+    raise ValueError(f'malformed genotype string: {text[:80]!r} is not '
+                     "Genotype(normal=[('op', input), ...], normal_concat=[...], reduce=[...], "
+                     'reduce_concat=[...])') from None
+  call = tree.body
+  if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+          and call.func.id == 'Genotype' and not call.args):
+    raise ValueError(f'malformed genotype string: expected Genotype(normal=..., ...) with keyword '
+                     f'arguments, got {text[:80]!r}')
+  return {kw.arg: _literal(kw.value, text) for kw in call.keywords}
+
+
+def parse_genotype(spec: 'str | Mapping | Genotype', named: Mapping[str, Genotype] | None = None
+                   ) -> Genotype:
+  """A genotype from a published name, the original's string form, JSON text or a dict."""
+  if isinstance(spec, Genotype):
+    return spec
+  if isinstance(spec, Mapping):
+    return Genotype.from_dict(spec)
+  named = GENOTYPES if named is None else named
+  if not isinstance(spec, str):
+    raise ValueError(f'cannot make a genotype from {type(spec).__name__}')
+  s = spec.strip()
+  if s in named:
+    return named[s]
+  if s.startswith('Genotype('):
+    return Genotype.from_string(s)
+  if s.startswith('{'):
+    return Genotype.from_json(s)
+  raise ValueError(f'unknown genotype {spec[:80]!r}: give one of {", ".join(named)}, the '
+                   "original's string form Genotype(normal=[...], ...) or its JSON form")
+
+
+DARTS_V1 = Genotype(
+    normal=[('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('skip_connect', 0), ('sep_conv_3x3', 1),
+            ('skip_connect', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('skip_connect', 2)],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 0),
+            ('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), ('avg_pool_3x3', 0)],
+    reduce_concat=[2, 3, 4, 5])
+
+DARTS_V2 = Genotype(
+    normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1),
+            ('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), ('dil_conv_3x3', 2)],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 1),
+            ('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), ('max_pool_3x3', 1)],
+    reduce_concat=[2, 3, 4, 5])
+
+DARTS = DARTS_V2
+
+GENOTYPES: Mapping[str, Genotype] = {'DARTS_V1': DARTS_V1, 'DARTS_V2': DARTS_V2, 'DARTS': DARTS}
+
+
+def num_edges(steps: int) -> int:
+  """Edges of a cell with ``steps`` intermediate nodes: node i has i + 2 inputs."""
+  return sum(i + 2 for i in range(steps))
+
+
+def _softmax(a: np.ndarray) -> np.ndarray:
+  e = np.exp(a - a.max(axis=-1, keepdims=True))
+  return e / e.sum(axis=-1, keepdims=True)
+
+
+def _parse_cell(weights: np.ndarray, primitives: Sequence[str], steps: int):
+  """The original's rule: per node keep the 2 incoming edges whose strongest non-none op is
+  strongest; on each, that op. Ties resolve as in the original (stable sort, first maximum)."""
+  skip = [k for k, p in enumerate(primitives) if p == 'none']
+  candidates = [k for k in range(len(primitives)) if k not in skip]
+  gene, start = [], 0
+  for i in range(steps):
+    rows = weights[start:start + i + 2]
+    edges = sorted(range(i + 2), key=lambda j: -max(rows[j][k] for k in candidates))[:2]
+    for j in edges:
+      best = candidates[0]
+      for k in candidates[1:]:
+        if rows[j][k] > rows[j][best]:
+          best = k
+      gene.append((primitives[best], j))
+    start += i + 2
+  return gene
+
+
+def derive_genotype(alphas: Mapping[str, Any], primitives: Sequence[str] = PRIMITIVES,
+                    steps: int = 4, multiplier: int = 4) -> Genotype:
+  """The discrete genotype of ``alphas = {'normal': (E, K), 'reduce': (E, K)}`` (not softmaxed)."""
+  shape = (num_edges(steps), len(primitives))
+  cells = {}
+  for kind in ('normal', 'reduce'):
+    if kind not in alphas:
+      raise ValueError(f"alphas need keys 'normal' and 'reduce', got {sorted(alphas)}")
+    a = np.asarray(alphas[kind], dtype=np.float64)
+    if a.shape != shape:
+      raise ValueError(f'alphas[{kind!r}] has shape {a.shape}; expected {shape} '
+                       f'({steps} steps, {len(primitives)} ops)')
+    cells[kind] = _parse_cell(_softmax(a), primitives, steps)
+  concat = list(range(2 + steps - multiplier, steps + 2))
+  return Genotype(normal=cells['normal'], normal_concat=concat, reduce=cells['reduce'],
+                  reduce_concat=concat)

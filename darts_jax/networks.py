@@ -1,0 +1,165 @@
+"""Evaluation networks built from a genotype: the original's NetworkCIFAR and NetworkImageNet.
+
+``__call__(images, train, drop_path_prob=0.0) -> (logits, logits_aux)``; ``logits_aux`` is None
+unless the auxiliary head is on and ``train`` is True. Drop path draws from the ``'drop_path'``
+PRNG stream (``rngs={'drop_path': key}``); it acts in training only and never on identity ops.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from darts_jax import ops as ops_lib
+from darts_jax.genotypes import Genotype, parse_genotype
+from darts_jax.supernet import check_image_size
+
+
+def _uses_drop_path(train: bool, drop_path_prob) -> bool:
+  # a literal 0 needs no PRNG key; a traced probability (e.g. a schedule) always goes through
+  return train and not (isinstance(drop_path_prob, (int, float)) and drop_path_prob == 0)
+
+
+class EvalCell(nn.Module):
+  genotype: Genotype
+  c_prev_prev: int
+  c_prev: int
+  c: int
+  reduction: bool
+  reduction_prev: bool
+  ops: ops_lib.OpRegistry = ops_lib.OPS
+  impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, s0, s1, train: bool, drop_path_prob=0.0):
+    c = self.c
+    if self.reduction_prev:
+      s0 = ops_lib.FactorizedReduce(self.c_prev_prev, c, True, name='preprocess0')(s0, train)
+    else:
+      s0 = ops_lib.ReLUConvBN(self.c_prev_prev, c, True, name='preprocess0')(s0, train)
+    s1 = ops_lib.ReLUConvBN(self.c_prev, c, True, name='preprocess1')(s1, train)
+    pairs = self.genotype.reduce if self.reduction else self.genotype.normal
+    concat = self.genotype.reduce_concat if self.reduction else self.genotype.normal_concat
+    states = [s0, s1]
+    for node in range(len(pairs) // 2):
+      total = None
+      for n in (2 * node, 2 * node + 1):
+        name, j = pairs[n]
+        stride = 2 if self.reduction and j < 2 else 1
+        op = ops_lib.make_op(name, c, stride, True, impl=self.impl, ops=self.ops,
+                             module_name=f'op{n}')
+        h = op(states[j], train)
+        if _uses_drop_path(train, drop_path_prob) and not isinstance(op, ops_lib.Identity):
+          h = ops_lib.drop_path(h, drop_path_prob, self.make_rng('drop_path'))
+        total = h if total is None else total + h
+      states.append(total)
+    return jnp.concatenate([states[i] for i in concat], axis=-1)
+
+
+class AuxiliaryHead(nn.Module):
+  """ReLU, 5x5 average pool, 1x1 conv 128, BN, ReLU, 2x2 conv 768, [BN], ReLU, linear."""
+  c: int
+  num_classes: int
+  pool_stride: int  # 3 for CIFAR (8x8 -> 2x2), 2 for ImageNet (14x14 -> 5x5 ... as the original)
+  final_bn: bool  # the original's ImageNet head omits the second BN
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = ops_lib.avg_pool(nn.relu(x), 5, self.pool_stride, 0)
+    x = ops_lib.Conv(self.c, 128, 1, name='conv1')(x)
+    x = nn.relu(ops_lib.BatchNorm(128, name='bn1')(x, train))
+    if x.shape[1] != 2 or x.shape[2] != 2:
+      raise ValueError(f'the auxiliary head needs its pooled map to be 2x2, got '
+                       f'{x.shape[1]}x{x.shape[2]}: use 32x32 inputs for NetworkCIFAR '
+                       '(224x224 for NetworkImageNet) or auxiliary=False')
+    x = ops_lib.Conv(128, 768, 2, name='conv2')(x)
+    if self.final_bn:
+      x = ops_lib.BatchNorm(768, name='bn2')(x, train)
+    x = nn.relu(x).reshape(x.shape[0], -1)
+    return ops_lib.Linear(768, self.num_classes, name='classifier')(x)
+
+
+class _EvalNetwork(nn.Module):
+  """Shared cell stack of the CIFAR and ImageNet networks."""
+
+  def cells(self, s0, s1, c_prev_prev, c_prev, c, reduction_prev, train, drop_path_prob,
+            aux_head):
+    genotype = parse_genotype(self.genotype)
+    genotype.validate_ops(list(self.ops))
+    layers = self.layers
+    logits_aux = None
+    for i in range(layers):
+      reduction = i in (layers // 3, 2 * layers // 3)
+      if reduction:
+        c *= 2
+      cell = EvalCell(genotype, c_prev_prev, c_prev, c, reduction, reduction_prev, self.ops,
+                      self.depthwise_impl, name=f'cell{i}')
+      s0, s1 = s1, cell(s0, s1, train, drop_path_prob)
+      reduction_prev = reduction
+      concat = genotype.reduce_concat if reduction else genotype.normal_concat
+      c_prev_prev, c_prev = c_prev, len(concat) * c
+      if i == 2 * layers // 3 and self.auxiliary and train:
+        logits_aux = aux_head(c_prev)(s1, train)
+        # The original's head starts with ReLU(inplace=True), which rewrites s1 itself. Every
+        # later consumer starts with a ReLU too, except the final pooling when this is the
+        # last cell: replicate that.
+        s1 = nn.relu(s1)
+    return s1, c_prev, logits_aux
+
+
+class NetworkCIFAR(_EvalNetwork):
+  C: int
+  num_classes: int
+  layers: int
+  auxiliary: bool
+  genotype: Genotype | str
+  stem_multiplier: int = 3
+  in_channels: int = 3
+  ops: ops_lib.OpRegistry = ops_lib.OPS
+  depthwise_impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, images, train: bool = False, drop_path_prob=0.0):
+    check_image_size(images.shape, len({self.layers // 3, 2 * self.layers // 3}),
+                     self.in_channels, 'NetworkCIFAR')
+    c_stem = self.stem_multiplier * self.C
+    x = ops_lib.Conv(self.in_channels, c_stem, 3, padding=1, name='stem_conv')(images)
+    s = ops_lib.BatchNorm(c_stem, name='stem_bn')(x, train)
+    head = lambda c_aux: AuxiliaryHead(c_aux, self.num_classes, 3, True, name='aux')
+    s1, c_prev, logits_aux = self.cells(s, s, c_stem, c_stem, self.C, False, train,
+                                        drop_path_prob, head)
+    logits = ops_lib.Linear(c_prev, self.num_classes, name='classifier')(jnp.mean(s1, (1, 2)))
+    return logits, logits_aux
+
+
+class NetworkImageNet(_EvalNetwork):
+  C: int
+  num_classes: int
+  layers: int
+  auxiliary: bool
+  genotype: Genotype | str
+  in_channels: int = 3
+  ops: ops_lib.OpRegistry = ops_lib.OPS
+  depthwise_impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, images, train: bool = False, drop_path_prob=0.0):
+    # three stride-2 stem convolutions, then the cells' two reductions
+    check_image_size(images.shape, 5, self.in_channels, 'NetworkImageNet')
+    c = self.C
+    if c % 2:
+      raise ValueError(f'NetworkImageNet needs an even C (its stem halves it and its first cell '
+                       f'reduces with FactorizedReduce), got C={c}')
+    x = ops_lib.Conv(self.in_channels, c // 2, 3, 2, 1, name='stem0_conv1')(images)
+    x = nn.relu(ops_lib.BatchNorm(c // 2, name='stem0_bn1')(x, train))
+    x = ops_lib.Conv(c // 2, c, 3, 2, 1, name='stem0_conv2')(x)
+    s0 = ops_lib.BatchNorm(c, name='stem0_bn2')(x, train)
+    x = ops_lib.Conv(c, c, 3, 2, 1, name='stem1_conv')(nn.relu(s0))
+    s1 = ops_lib.BatchNorm(c, name='stem1_bn')(x, train)
+    head = lambda c_aux: AuxiliaryHead(c_aux, self.num_classes, 2, False, name='aux')
+    s1, c_prev, logits_aux = self.cells(s0, s1, c, c, c, True, train, drop_path_prob, head)
+    # equals the original's AvgPool2d(7) at 224x224 inputs
+    logits = ops_lib.Linear(c_prev, self.num_classes, name='classifier')(jnp.mean(s1, (1, 2)))
+    return logits, logits_aux

@@ -1,0 +1,194 @@
+"""Checks our networks against reference outputs of the original DARTS code.
+
+A reference file (format: ``shared/reference/README.md`` of the project; ``tests/data`` holds
+one) stores the original's weights, inputs and outputs in float64. :func:`verify` recomputes
+every quantity it can with our implementation and reports, per quantity, the relative error
+``max|ours - reference| / max|reference|`` against a tolerance. Quantities that this version
+cannot compute yet are reported as ``"not yet computed"``, never as passed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from darts_jax import interop
+from darts_jax.genotypes import Genotype, derive_genotype, parse_genotype
+from darts_jax.networks import NetworkCIFAR
+from darts_jax.supernet import SupernetConfig, make_loss, supernet_shapes
+
+PASS, FAIL, NOT_COMPUTED = 'pass', 'fail', 'not yet computed'
+
+# float64 tolerances (relative, max-norm)
+TOLERANCES = {'logits': 1e-9, 'loss': 1e-9, 'gradient': 1e-8}
+
+# second-order quantities: computed by the hypergradient module (next issue)
+_LATER = ('hypergrad_exact_nomomentum', 'hypergrad_fd_nomomentum', 'hypergrad_exact',
+          'hypergrad_fd')
+
+
+def relative_error(ours, ref) -> float:
+  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+  if ours.shape != ref.shape:
+    return float('inf')
+  scale = np.max(np.abs(ref)) if ref.size else 0.0
+  diff = np.max(np.abs(ours - ref)) if ref.size else 0.0
+  return float(diff / scale) if scale > 0 else float(diff)
+
+
+def _nchw_to_nhwc(x) -> jax.Array:
+  return jnp.asarray(np.asarray(x).transpose(0, 2, 3, 1))
+
+
+def search_config(meta: Mapping[str, Any]) -> SupernetConfig:
+  m = meta['search']
+  return SupernetConfig(C=m['C'], num_classes=m['num_classes'], layers=m['layers'],
+                        steps=m.get('steps', 4), multiplier=m.get('multiplier', 4),
+                        stem_multiplier=m.get('stem_multiplier', 3),
+                        in_channels=m.get('image', [32, 32, 3])[-1],
+                        primitives=tuple(m.get('primitives', ())) or SupernetConfig().primitives)
+
+
+@functools.lru_cache(maxsize=8)
+def _search_value_and_grad(config: SupernetConfig):
+  loss = make_loss(config)
+  return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+
+
+@functools.lru_cache(maxsize=8)
+def _eval_apply(model: NetworkCIFAR):
+  @jax.jit
+  def apply(variables, images):
+    logits_eval, _ = model.apply(variables, images, False)
+    (logits_train, logits_aux), _ = model.apply(variables, images, True, mutable=['batch_stats'])
+    return logits_eval, logits_train, logits_aux
+  return apply
+
+
+def _check(report, name, ours, ref, tol):
+  err = relative_error(ours, ref)
+  report[name] = {'status': PASS if err <= tol else FAIL, 'rel_err': err, 'tol': tol}
+
+
+def _verify_search(ref: Mapping[str, np.ndarray], meta, report) -> None:
+  config = search_config(meta)
+  x_train = _nchw_to_nhwc(ref['search/x_train'])
+  shapes = supernet_shapes(config, x_train.shape[1:3], jnp.float64)
+  named = {k[len('search/w/'):]: v for k, v in ref.items() if k.startswith('search/w/')}
+  variables = interop.from_original(named, {'params': shapes.weights,
+                                            'batch_stats': shapes.batch_stats},
+                                    steps=config.steps, require=('params',))
+  weights, stats = variables['params'], variables.get('batch_stats', {})
+  alphas = {'normal': jnp.asarray(ref['search/alphas_normal']),
+            'reduce': jnp.asarray(ref['search/alphas_reduce'])}
+  value_and_grad = _search_value_and_grad(config)
+  train = (x_train, jnp.asarray(ref['search/y_train']))
+  val = (_nchw_to_nhwc(ref['search/x_val']), jnp.asarray(ref['search/y_val']))
+  (loss_train, aux), (g_w, g_a) = value_and_grad(weights, alphas, stats, train)
+  (loss_val, _), (_, g_a_val) = value_and_grad(weights, alphas, stats, val)
+
+  _check(report, 'search/logits_train', aux.logits, ref['search/logits_train'],
+         TOLERANCES['logits'])
+  _check(report, 'search/loss_train', loss_train, ref['search/loss_train'], TOLERANCES['loss'])
+  if 'search/loss_val' in ref:
+    _check(report, 'search/loss_val', loss_val, ref['search/loss_val'], TOLERANCES['loss'])
+  g_named = interop.to_original({'params': g_w}, steps=config.steps)
+  ref_g = {k[len('search/grad_w_train/'):]: v for k, v in ref.items()
+           if k.startswith('search/grad_w_train/')}
+  if ref_g:
+    if set(ref_g) != set(g_named):
+      report['search/grad_w_train'] = {'status': FAIL, 'rel_err': float('inf'),
+                                       'tol': TOLERANCES['gradient'],
+                                       'detail': 'parameter names differ'}
+    else:
+      names = sorted(ref_g)
+      _check(report, 'search/grad_w_train',
+             np.concatenate([np.ravel(g_named[n]) for n in names]),
+             np.concatenate([np.ravel(ref_g[n]) for n in names]), TOLERANCES['gradient'])
+  if 'search/grad_alphas_train' in ref:
+    _check(report, 'search/grad_alphas_train', np.stack([g_a['normal'], g_a['reduce']]),
+           ref['search/grad_alphas_train'], TOLERANCES['gradient'])
+  if 'search/hypergrad_first_order' in ref:
+    _check(report, 'search/hypergrad_first_order', np.stack([g_a_val['normal'],
+                                                             g_a_val['reduce']]),
+           ref['search/hypergrad_first_order'], TOLERANCES['gradient'])
+  for name in _LATER:
+    if f'search/{name}' in ref:
+      report[f'search/{name}'] = {'status': NOT_COMPUTED}
+  if any(k.startswith('search/step/') for k in ref):
+    report['search/step'] = {'status': NOT_COMPUTED}
+
+
+def _eval_genotype(spec) -> Genotype:
+  return parse_genotype(spec if isinstance(spec, (str, dict)) else dict(spec))
+
+
+def _verify_eval(ref: Mapping[str, np.ndarray], meta, report) -> None:
+  m = meta['eval']
+  named = {k[len('eval/w/'):]: v for k, v in ref.items() if k.startswith('eval/w/')}
+  num_classes = named['classifier.weight'].shape[0]
+  x = _nchw_to_nhwc(ref['eval/x'])
+  model = NetworkCIFAR(C=m['C'], num_classes=num_classes, layers=m['layers'],
+                       auxiliary=bool(m.get('auxiliary', True)),
+                       genotype=_eval_genotype(m['genotype']),
+                       stem_multiplier=m.get('stem_multiplier', 3), in_channels=x.shape[-1])
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, True))
+  variables = interop.from_original(named, shapes, steps=len(model.genotype.normal) // 2)
+  logits_eval, logits_train, logits_aux = _eval_apply(model)(variables, x)
+  _check(report, 'eval/logits_eval', logits_eval, ref['eval/logits_eval'], TOLERANCES['logits'])
+  _check(report, 'eval/logits_train', logits_train, ref['eval/logits_train'],
+         TOLERANCES['logits'])
+  if 'eval/logits_aux_train' in ref:
+    _check(report, 'eval/logits_aux_train', logits_aux, ref['eval/logits_aux_train'],
+           TOLERANCES['logits'])
+
+
+def _verify_genotypes(ref, meta) -> dict:
+  config = search_config(meta)
+  expected = meta.get('genotypes', [])
+  mismatches = []
+  for k, want in enumerate(expected):
+    got = derive_genotype({'normal': ref[f'genotype/{k}/alphas_normal'],
+                           'reduce': ref[f'genotype/{k}/alphas_reduce']},
+                          config.primitives, config.steps, config.multiplier)
+    if got != Genotype.from_dict(want):
+      mismatches.append(k)
+  total = len(expected)
+  return {'status': PASS if not mismatches else FAIL, 'matched': total - len(mismatches),
+          'total': total, 'mismatches': mismatches}
+
+
+def verify(path: str) -> dict:
+  """Recomputes every quantity of the reference file at ``path``; returns the report dict.
+
+  Needs float64 (``jax.config.update('jax_enable_x64', True)``) since the reference is float64.
+  ``report['ok']`` is True only when every quantity in the file was computed and passed.
+  """
+  if not jax.config.jax_enable_x64:
+    raise ValueError('verify() compares against float64 references: call '
+                     "jax.config.update('jax_enable_x64', True) first")
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      ref = {k: f[k] for k in f.files}
+  except (OSError, ValueError) as e:
+    raise ValueError(f'cannot read reference file {path!r}: {e}') from None
+  if 'meta' not in ref:
+    raise ValueError(f'{path!r} has no "meta" entry: not a reference file of this format')
+  meta = json.loads(str(ref['meta']))
+  quantities: dict[str, dict] = {}
+  if 'search' in meta:
+    _verify_search(ref, meta, quantities)
+  if 'eval' in meta:
+    _verify_eval(ref, meta, quantities)
+  if meta.get('genotypes'):
+    quantities['genotypes'] = _verify_genotypes(ref, meta)
+  counts = {s: sum(q['status'] == s for q in quantities.values())
+            for s in (PASS, FAIL, NOT_COMPUTED)}
+  return {'file': str(path), 'dtype': 'float64', 'relative_error': 'max|ours-ref| / max|ref|',
+          'quantities': quantities, 'summary': counts,
+          'ok': counts[FAIL] == 0 and counts[NOT_COMPUTED] == 0}

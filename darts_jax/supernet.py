@@ -1,0 +1,290 @@
+"""The DARTS search network (supernet) and its pure loss function.
+
+Three pytrees stay apart: ``weights`` (Linen ``params``), ``alphas`` (``{'normal': (E, K),
+'reduce': (E, K)}``, an argument of the forward, never a Flax variable) and ``batch_stats``
+(BatchNorm running statistics). Everything downstream, the hypergradient code included, uses
+only :func:`make_loss`'s contract ``loss(weights, alphas, batch_stats, batch) -> (loss, aux)``.
+
+Graph size is designed in: a cell's 14 edges are grouped by the node they leave, and each group
+runs every candidate op once over a channel stack of its edges (``darts_jax.ops``). A normal
+cell therefore traces 4 mixed-op groups instead of 14 mixed ops (the first group holds the 8
+edges leaving the two cell inputs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from darts_jax import ops as ops_lib
+from darts_jax.genotypes import PRIMITIVES, num_edges
+
+
+@dataclasses.dataclass(frozen=True)
+class SupernetConfig:
+  """The search network's shape. Defaults are the paper's CIFAR-10 search (8 cells, C=16)."""
+  C: int = 16
+  num_classes: int = 10
+  layers: int = 8
+  steps: int = 4
+  multiplier: int = 4
+  stem_multiplier: int = 3
+  in_channels: int = 3
+  primitives: tuple[str, ...] = PRIMITIVES
+  ops: ops_lib.OpRegistry = ops_lib.OPS
+  depthwise_impl: str = 'auto'
+
+  def __post_init__(self):
+    object.__setattr__(self, 'primitives', tuple(self.primitives))
+    for name in ('C', 'num_classes', 'layers', 'steps', 'multiplier', 'stem_multiplier',
+                 'in_channels'):
+      value = getattr(self, name)
+      if not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f'SupernetConfig.{name}={value!r}: must be a positive integer')
+    if self.multiplier > self.steps:
+      raise ValueError(f'SupernetConfig.multiplier={self.multiplier} exceeds steps={self.steps}: '
+                       'the cell output concatenates the last `multiplier` intermediate nodes')
+    if not self.primitives:
+      raise ValueError('SupernetConfig.primitives is empty: give at least one op name')
+    if len(set(self.primitives)) != len(self.primitives):
+      raise ValueError(f'SupernetConfig.primitives has duplicates: {self.primitives}')
+    if not isinstance(self.ops, ops_lib.OpRegistry):
+      object.__setattr__(self, 'ops', ops_lib.OpRegistry(self.ops))
+    ops_lib.check_op_names(self.primitives, self.ops)
+    ops_lib._resolve_depthwise_impl(self.depthwise_impl)
+
+  @property
+  def alpha_shape(self) -> tuple[int, int]:
+    return (num_edges(self.steps), len(self.primitives))
+
+  @property
+  def reduction_layers(self) -> tuple[int, ...]:
+    return tuple(sorted({self.layers // 3, 2 * self.layers // 3}))
+
+
+class EdgeGroup(NamedTuple):
+  """Edges that leave the same source states; ``edges[e] = (edge_index, node, source)``."""
+  name: str
+  edges: tuple[tuple[int, int, int], ...]
+
+
+def edge_groups(steps: int) -> tuple[EdgeGroup, ...]:
+  """Edges grouped by source, in the order their sources become available.
+
+  Edge ``offset(i) + j`` (the original's numbering) runs from state ``j`` to node ``i``.
+  The two cell inputs form one group; then each intermediate node's outgoing edges.
+  """
+  offsets = np.cumsum([0] + [i + 2 for i in range(steps)])
+
+  def edges_from(sources):
+    return tuple((int(offsets[i] + j), i, j) for i in range(steps) for j in sources if j < i + 2)
+
+  groups = [EdgeGroup('edges_01', edges_from((0, 1)))]
+  groups += [EdgeGroup(f'edges_{j}', edges_from((j,))) for j in range(2, steps + 1)]
+  return tuple(groups)
+
+
+class MixedEdges(nn.Module):
+  """The mixed op of eq. (2), ``sum_k softmax(alpha)_k op_k(x)``, on a channel stack of edges."""
+  c: int
+  n_edges: int
+  stride: int
+  primitives: tuple[str, ...]
+  ops: ops_lib.OpRegistry
+  impl: str
+
+  @nn.compact
+  def __call__(self, x, weights, train: bool):
+    """x: (B, H, W, n_edges*C); weights: (n_edges, K) softmaxed. Returns (B, H', W', n_edges, C)."""
+    out = None
+    for k, name in enumerate(self.primitives):
+      op = ops_lib.make_op(name, self.c, self.stride, affine=False, n_edges=self.n_edges,
+                           search=True, impl=self.impl, ops=self.ops, module_name=name)
+      if isinstance(op, ops_lib.Zero):
+        continue  # w * 0 adds nothing to the value or to any gradient
+      y = op(x, train)
+      b, h, w, _ = y.shape
+      term = y.reshape(b, h, w, self.n_edges, self.c) * weights[:, k, None]
+      out = term if out is None else out + term
+    if out is None:  # a space of only 'none' ops
+      b, h, w, _ = x[:, ::self.stride, ::self.stride].shape
+      out = jnp.zeros((b, h, w, self.n_edges, self.c), x.dtype)
+    return out
+
+
+class SearchCell(nn.Module):
+  c_prev_prev: int
+  c_prev: int
+  c: int
+  reduction: bool
+  reduction_prev: bool
+  config: SupernetConfig
+
+  @nn.compact
+  def __call__(self, s0, s1, weights, train: bool):
+    cfg, c = self.config, self.c
+    if self.reduction_prev:
+      s0 = ops_lib.FactorizedReduce(self.c_prev_prev, c, False, name='preprocess0')(s0, train)
+    else:
+      s0 = ops_lib.ReLUConvBN(self.c_prev_prev, c, False, name='preprocess0')(s0, train)
+    s1 = ops_lib.ReLUConvBN(self.c_prev, c, False, name='preprocess1')(s1, train)
+    states = [s0, s1]
+    nodes = [None] * cfg.steps  # running sums of each node's incoming edges
+    for group in edge_groups(cfg.steps):
+      x = jnp.concatenate([states[src] for _, _, src in group.edges], axis=-1)
+      stride = 2 if self.reduction and group.name == 'edges_01' else 1
+      idx = np.array([e for e, _, _ in group.edges])
+      y = MixedEdges(c, len(group.edges), stride, cfg.primitives, cfg.ops, cfg.depthwise_impl,
+                     name=group.name)(x, weights[idx], train)
+      for slot, (_, node, _) in enumerate(group.edges):
+        nodes[node] = y[..., slot, :] if nodes[node] is None else nodes[node] + y[..., slot, :]
+      states.append(nodes[len(states) - 2])  # that node has now received all its edges
+    return jnp.concatenate(states[-cfg.multiplier:], axis=-1)
+
+
+def check_alphas(alphas: Any, config: SupernetConfig) -> None:
+  """Raises a one-line ValueError unless alphas is ``{'normal': (E, K), 'reduce': (E, K)}``."""
+  if not isinstance(alphas, Mapping) or set(alphas) != {'normal', 'reduce'}:
+    keys = sorted(alphas) if isinstance(alphas, Mapping) else type(alphas).__name__
+    raise ValueError(f"alphas must be a dict with keys 'normal' and 'reduce', got {keys}")
+  for kind in ('normal', 'reduce'):
+    shape = tuple(np.shape(alphas[kind]))
+    if shape != config.alpha_shape:
+      raise ValueError(f'alphas[{kind!r}] has shape {shape}; expected {config.alpha_shape} '
+                       f'({config.steps} steps, ops {", ".join(config.primitives)})')
+
+
+def check_image_size(shape: Sequence[int], n_reductions: int, in_channels: int,
+                     what: str = 'network') -> None:
+  """Each reduction halves H and W with a FactorizedReduce, which needs even sizes."""
+  if len(shape) != 4:
+    raise ValueError(f'images must be (batch, height, width, channels); got shape {tuple(shape)}')
+  _, h, w, c = shape
+  if c != in_channels:
+    raise ValueError(f'images have {c} channels; the {what} was built for in_channels='
+                     f'{in_channels} (NHWC layout expected)')
+  m = 2**n_reductions
+  if h < m or w < m or h % m or w % m:
+    raise ValueError(f'input image {h}x{w} is too small or not divisible for the {what}\'s '
+                     f'{n_reductions} reductions: height and width must be multiples of {m}')
+
+
+class SearchNetwork(nn.Module):
+  """The original's ``model_search.Network``: stem, cells, global pooling, linear classifier."""
+  config: SupernetConfig
+
+  @nn.compact
+  def __call__(self, images, alphas, train: bool = True):
+    cfg = self.config
+    check_alphas(alphas, cfg)
+    check_image_size(images.shape, len(cfg.reduction_layers), cfg.in_channels, 'search network')
+    c_stem = cfg.stem_multiplier * cfg.C
+    x = ops_lib.Conv(cfg.in_channels, c_stem, 3, padding=1, name='stem_conv')(images)
+    s0 = s1 = ops_lib.BatchNorm(c_stem, affine=True, name='stem_bn')(x, train)
+    # softmax once per cell type per forward (eq. 2); all cells of a type share it
+    weights = {k: jax.nn.softmax(alphas[k].astype(images.dtype), axis=-1) for k in alphas}
+    c_prev_prev, c_prev, c = c_stem, c_stem, cfg.C
+    reduction_prev = False
+    for i in range(cfg.layers):
+      reduction = i in cfg.reduction_layers
+      if reduction:
+        c *= 2
+      cell = SearchCell(c_prev_prev, c_prev, c, reduction, reduction_prev, cfg, name=f'cell{i}')
+      s0, s1 = s1, cell(s0, s1, weights['reduce' if reduction else 'normal'], train)
+      reduction_prev = reduction
+      c_prev_prev, c_prev = c_prev, cfg.multiplier * c
+    return ops_lib.Linear(c_prev, cfg.num_classes, name='classifier')(jnp.mean(s1, axis=(1, 2)))
+
+
+class SupernetVariables(NamedTuple):
+  weights: Any
+  batch_stats: Any
+
+
+class LossAux(NamedTuple):
+  batch_stats: Any
+  logits: jax.Array
+
+
+def _dummy_images(config: SupernetConfig, image_size: tuple[int, int], dtype):
+  return jnp.zeros((2, *image_size, config.in_channels), dtype)
+
+
+def _init_variables(key, config, image_size, dtype) -> SupernetVariables:
+  model = SearchNetwork(config)
+  alphas = init_alphas(jax.random.PRNGKey(0), config, dtype)
+  variables = model.init(key, _dummy_images(config, image_size, dtype), alphas, False)
+  return SupernetVariables(variables['params'], variables.get('batch_stats', {}))
+
+
+def init_supernet(key: jax.Array, config: SupernetConfig, image_size=(32, 32),
+                  dtype=jnp.float32) -> SupernetVariables:
+  """Weights (PyTorch's default initialisation) and BN statistics (zeros / ones)."""
+  shapes = supernet_shapes(config, image_size, dtype)
+  try:
+    values = ops_lib.torch_default_init(key, shapes._asdict())
+  except KeyError:  # a user op with its own initialisers: let its modules draw them
+    return jax.jit(lambda k: _init_variables(k, config, tuple(image_size), dtype))(key)
+  return SupernetVariables(values['weights'], values['batch_stats'])
+
+
+def supernet_shapes(config: SupernetConfig, image_size=(32, 32),
+                    dtype=jnp.float32) -> SupernetVariables:
+  """Shapes of (weights, batch_stats), computing nothing (``jax.eval_shape``)."""
+  return jax.eval_shape(lambda k: _init_variables(k, config, tuple(image_size), dtype),
+                        jax.random.PRNGKey(0))
+
+
+def init_alphas(key: jax.Array, config: SupernetConfig, dtype=jnp.float32,
+                scale: float = 1e-3) -> dict[str, jax.Array]:
+  """``scale * N(0, 1)`` as in the original code (the paper says zeros: pass scale=0)."""
+  k_normal, k_reduce = jax.random.split(key)
+  return {'normal': scale * jax.random.normal(k_normal, config.alpha_shape, dtype),
+          'reduce': scale * jax.random.normal(k_reduce, config.alpha_shape, dtype)}
+
+
+def make_apply(config: SupernetConfig):
+  """``apply(weights, alphas, batch_stats, images, train) -> (logits, new_batch_stats)``."""
+  model = SearchNetwork(config)
+
+  def apply(weights, alphas, batch_stats, images, train: bool = True):
+    variables = {'params': weights, 'batch_stats': batch_stats}
+    if train:
+      logits, updates = model.apply(variables, images, alphas, True, mutable=['batch_stats'])
+      return logits, updates['batch_stats']
+    return model.apply(variables, images, alphas, False), batch_stats
+
+  return apply
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean softmax cross-entropy, ``torch.nn.CrossEntropyLoss()``."""
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def make_loss(config: SupernetConfig, train: bool = True):
+  """The supernet's loss as one pure function.
+
+  Returns ``loss(weights, alphas, batch_stats, batch) -> (loss, LossAux(batch_stats, logits))``
+  with ``batch = (images NHWC, integer labels)``. ``train=True`` (the original's and the
+  paper's choice for both L_train and L_val) normalises with batch statistics and returns
+  updated running statistics.
+  """
+  apply = make_apply(config)
+
+  def loss(weights, alphas, batch_stats, batch):
+    images, labels = batch
+    logits, new_stats = apply(weights, alphas, batch_stats, images, train)
+    return cross_entropy(logits, labels), LossAux(new_stats, logits)
+
+  return loss
+
+
+def num_params(tree) -> int:
+  return int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(tree)))

@@ -1,0 +1,39 @@
+"""Checks darts_jax against a reference file of the original DARTS code's outputs.
+
+  python -m experiments.verify_reference FILE.npz [--out report.json]
+
+Prints a JSON report (relative error per quantity, genotype matches, pass/fail) and exits 0
+only when every quantity in the file was computed and passed, 1 otherwise, 2 on bad input.
+"""
+
+import argparse
+import json
+import sys
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m experiments.verify_reference',
+                                   description=__doc__.splitlines()[0])
+  parser.add_argument('file', help='reference .npz (format: shared/reference/README.md)')
+  parser.add_argument('--out', help='also write the JSON report to this path')
+  args = parser.parse_args(argv)
+
+  import jax
+  jax.config.update('jax_enable_x64', True)  # the reference outputs are float64
+  from darts_jax.reference import verify
+
+  try:
+    report = verify(args.file)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  text = json.dumps(report, indent=2)
+  print(text)
+  if args.out:
+    with open(args.out, 'w') as f:
+      f.write(text + '\n')
+  return 0 if report['ok'] else 1
+
+
+if __name__ == '__main__':
+  sys.exit(main())
