@@ -67,13 +67,15 @@ class AuxiliaryHead(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
+    h, w = x.shape[1:3]
+    pooled = [(n - 5) // self.pool_stride + 1 if n >= 5 else 0 for n in (h, w)]
+    if pooled != [2, 2]:
+      raise ValueError(f'the auxiliary head needs a map that pools to 2x2, got a {h}x{w} map: '
+                       'use 32x32 inputs for NetworkCIFAR (224x224 for NetworkImageNet) or '
+                       'auxiliary=False')
     x = ops_lib.avg_pool(nn.relu(x), 5, self.pool_stride, 0)
     x = ops_lib.Conv(self.c, 128, 1, name='conv1')(x)
     x = nn.relu(ops_lib.BatchNorm(128, name='bn1')(x, train))
-    if x.shape[1] != 2 or x.shape[2] != 2:
-      raise ValueError(f'the auxiliary head needs its pooled map to be 2x2, got '
-                       f'{x.shape[1]}x{x.shape[2]}: use 32x32 inputs for NetworkCIFAR '
-                       '(224x224 for NetworkImageNet) or auxiliary=False')
     x = ops_lib.Conv(128, 768, 2, name='conv2')(x)
     if self.final_bn:
       x = ops_lib.BatchNorm(768, name='bn2')(x, train)

@@ -1,0 +1,100 @@
+"""Genotypes: the original's rule on its own 20 alpha sets, string/JSON forms, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from darts_jax.genotypes import (DARTS, DARTS_V1, DARTS_V2, GENOTYPES, PRIMITIVES, Genotype,
+                                 derive_genotype, parse_genotype)
+
+V2_STRING = ("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), "
+             "('sep_conv_3x3', 1), ('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), "
+             "('dil_conv_3x3', 2)], normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), "
+             "('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 1), ('max_pool_3x3', 0), "
+             "('skip_connect', 2), ('skip_connect', 2), ('max_pool_3x3', 1)], "
+             "reduce_concat=[2, 3, 4, 5])")
+
+
+def test_primitives_in_original_order():
+  assert PRIMITIVES == ('none', 'max_pool_3x3', 'avg_pool_3x3', 'skip_connect', 'sep_conv_3x3',
+                        'sep_conv_5x5', 'dil_conv_3x3', 'dil_conv_5x5')
+
+
+def test_published_genotypes():
+  assert DARTS is DARTS_V2 and GENOTYPES['DARTS_V1'] is DARTS_V1
+  assert DARTS_V2.to_string() == V2_STRING
+  assert DARTS_V1.normal[7] == ('skip_connect', 2) and DARTS_V1.reduce[7] == ('avg_pool_3x3', 0)
+  with pytest.raises(Exception):
+    DARTS_V2.normal = ()  # immutable
+
+
+def test_string_roundtrip_and_range_form():
+  assert Genotype.from_string(V2_STRING) == DARTS_V2
+  with_range = V2_STRING.replace('[2, 3, 4, 5]', 'range(2, 6)')
+  assert Genotype.from_string(with_range) == DARTS_V2
+  for g in (DARTS_V1, DARTS_V2):
+    assert Genotype.from_string(str(g)) == g
+    assert Genotype.from_json(g.to_json()) == g
+    assert json.loads(g.to_json())['normal'][0] == list(g.normal[0])
+
+
+def test_parse_genotype_accepts_all_forms():
+  assert parse_genotype('DARTS_V1') is DARTS_V1
+  assert parse_genotype(V2_STRING) == DARTS_V2
+  assert parse_genotype(DARTS_V1.to_json()) == DARTS_V1
+  assert parse_genotype(DARTS_V1.to_dict()) == DARTS_V1
+
+
+@pytest.mark.parametrize('text,message', [
+    ('DARTS_V3', "unknown genotype 'DARTS_V3'"),
+    ('Genotype(normal=[(', 'malformed genotype string'),
+    ("Genotype(normal=__import__('os').system('true'), normal_concat=[2], reduce=[], "
+     'reduce_concat=[2])', 'malformed genotype string: unexpected'),
+    ("Genotype(normal=[('sep_conv_3x3', 0)], normal_concat=[2, 3, 4, 5], reduce=[], "
+     'reduce_concat=[2, 3, 4, 5])', 'two \\(op, input\\) pairs per node'),
+    ("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 2)], normal_concat=[2], "
+     "reduce=[], reduce_concat=[])", 'node 0 takes input 2'),
+    ("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1)], normal_concat=[2]) ",
+     "missing \\['reduce', 'reduce_concat'\\]"),
+    ('{"normal": 1', 'genotype JSON is malformed'),
+])
+def test_bad_genotypes_have_clear_errors(text, message):
+  with pytest.raises(ValueError, match=message):
+    parse_genotype(text)
+
+
+def test_unknown_op_in_genotype():
+  g = Genotype.from_string(V2_STRING.replace("'dil_conv_3x3'", "'conv_9x9'"))
+  with pytest.raises(ValueError, match="unknown op 'conv_9x9'; allowed: none"):
+    g.validate_ops(PRIMITIVES)
+
+
+def test_derive_genotype_original_rule_on_reference(reference_path):
+  with np.load(reference_path) as f:
+    meta = json.loads(str(f['meta']))
+    for k, expected in enumerate(meta['genotypes']):
+      got = derive_genotype({'normal': f[f'genotype/{k}/alphas_normal'],
+                             'reduce': f[f'genotype/{k}/alphas_reduce']})
+      assert got == Genotype.from_dict(expected), k
+  assert len(meta['genotypes']) == 20
+
+
+def test_derive_genotype_hand_case():
+  """Node 0 keeps both inputs; node 1 keeps the two edges whose best non-none op is largest,
+  even where 'none' dominates; ties go to the first op, as in the original."""
+  a = np.zeros((14, 8))
+  a[0, 4] = 3.0  # node 0, input 0: sep_conv_3x3
+  a[1, 0] = 9.0  # node 0, input 1: 'none' dominates, best other op is the first (tie at 0)
+  a[3, 7] = 2.0  # node 1, input 1: dil_conv_5x5
+  a[4, 2] = 1.0  # node 1, input 2: avg_pool_3x3
+  a[2, 0] = 50.0  # node 1, input 0: only 'none' strong -> dropped
+  g = derive_genotype({'normal': a, 'reduce': a})
+  assert g.normal[:4] == (('sep_conv_3x3', 0), ('max_pool_3x3', 1), ('dil_conv_5x5', 1),
+                          ('avg_pool_3x3', 2))
+  assert g.normal_concat == (2, 3, 4, 5)
+
+
+def test_derive_genotype_bad_shape():
+  with pytest.raises(ValueError, match=r"alphas\['normal'\] has shape \(14, 7\); expected \(14, 8\)"):
+    derive_genotype({'normal': np.zeros((14, 7)), 'reduce': np.zeros((14, 8))})

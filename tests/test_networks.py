@@ -1,0 +1,77 @@
+"""Evaluation networks: drop path, auxiliary head, modes and input checks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from darts_jax.genotypes import DARTS_V2, Genotype
+from darts_jax.networks import EvalCell, NetworkCIFAR, NetworkImageNet
+
+
+def _cell(normal):
+  g = Genotype(normal=normal, normal_concat=[2, 3, 4, 5], reduce=normal,
+               reduce_concat=[2, 3, 4, 5])
+  return EvalCell(g, 3, 3, 3, reduction=False, reduction_prev=False)
+
+
+def _run(cell, p, key=0):
+  s = jax.random.normal(jax.random.PRNGKey(5), (16, 4, 4, 3))
+  variables = cell.init(jax.random.PRNGKey(0), s, s, False)
+  out, _ = cell.apply(variables, s, s, True, p, rngs={'drop_path': jax.random.PRNGKey(key)},
+                      mutable=['batch_stats'])
+  return np.asarray(out)
+
+
+def test_drop_path_never_touches_identity_ops():
+  cell = _cell([('skip_connect', 0), ('skip_connect', 1)] * 4)
+  np.testing.assert_array_equal(_run(cell, 0.9), _run(cell, 0.0))
+
+
+def test_drop_path_drops_whole_samples_and_rescales():
+  # node 0 = drop(maxpool(s0)) + drop(maxpool(s0)), each term kept with p 0.5 and doubled:
+  # per sample the node is 0, 1 or 2 times its undropped value
+  cell = _cell([('max_pool_3x3', 0), ('max_pool_3x3', 0)] * 4)
+  plain = _run(cell, 0.0)[..., :3]
+  dropped = _run(cell, 0.5)[..., :3]
+  ratios = [np.unique(np.round(d / p, 6)) for d, p in zip(dropped, plain)]
+  assert all(len(r) == 1 and r[0] in (0.0, 1.0, 2.0) for r in ratios)
+  counts = np.bincount([int(r[0]) for r in ratios], minlength=3)
+  assert counts.min() > 0  # 16 samples: each outcome (1/4, 1/2, 1/4) occurs
+
+
+def test_auxiliary_head_in_training_only():
+  model = NetworkCIFAR(4, 10, 5, True, DARTS_V2)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+  variables = jax.jit(lambda: model.init(jax.random.PRNGKey(1), x, True))()
+  logits, aux = model.apply(variables, x, False)
+  assert logits.shape == (2, 10) and aux is None
+  (logits_t, aux_t), _ = model.apply(variables, x, True, mutable=['batch_stats'])
+  assert aux_t.shape == (2, 10) and not np.allclose(logits_t, logits)
+  no_aux = NetworkCIFAR(4, 10, 5, False, DARTS_V2)
+  assert 'aux' not in jax.eval_shape(lambda: no_aux.init(jax.random.PRNGKey(1), x, True))['params']
+
+
+def test_input_checks():
+  with pytest.raises(ValueError, match='input image 30x30 .* multiples of 4'):
+    jax.eval_shape(lambda: NetworkCIFAR(4, 10, 5, False, DARTS_V2).init(
+        jax.random.PRNGKey(0), jnp.zeros((2, 30, 30, 3))))
+  with pytest.raises(ValueError, match='auxiliary head needs a map that pools to 2x2, got a 4x4 map'):
+    jax.eval_shape(lambda: NetworkCIFAR(4, 10, 5, True, DARTS_V2).init(
+        jax.random.PRNGKey(0), jnp.zeros((2, 16, 16, 3)), True))
+  with pytest.raises(ValueError, match='NetworkImageNet needs an even C .* got C=5'):
+    jax.eval_shape(lambda: NetworkImageNet(5, 10, 3, False, DARTS_V2).init(
+        jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3))))
+  with pytest.raises(ValueError, match="unknown op 'conv_9x9'"):
+    bad = Genotype(normal=[('conv_9x9', 0), ('skip_connect', 1)], normal_concat=[2],
+                   reduce=[('skip_connect', 0), ('skip_connect', 1)], reduce_concat=[2])
+    jax.eval_shape(lambda: NetworkCIFAR(4, 10, 3, False, bad).init(
+        jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3))))
+
+
+def test_imagenet_forward_small_input():
+  model = NetworkImageNet(8, 7, 3, False, DARTS_V2)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+  variables = jax.jit(lambda: model.init(jax.random.PRNGKey(1), x))()
+  logits, aux = model.apply(variables, x)
+  assert logits.shape == (2, 7) and aux is None and np.all(np.isfinite(logits))
