@@ -12,11 +12,12 @@ depthwise, ``(E, C_in, C_out)`` pointwise and (in, out) kernels.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
 
+from darts_jax.genotypes import PRIMITIVES
 from darts_jax.supernet import edge_groups
 
 # our module name -> the original's, by parent module kind (told apart by its children's names)
@@ -65,8 +66,8 @@ def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
   return out
 
 
-def _slots(path: tuple[str, ...], children: Mapping[tuple[str, ...], set], steps: int
-           ) -> list[str]:
+def _slots(path: tuple[str, ...], children: Mapping[tuple[str, ...], set], steps: int,
+           primitives: Sequence[str]) -> list[str]:
   """The original names of the leaf at ``path``, one per stacked edge slot."""
   groups = {g.name: g.edges for g in edge_groups(steps)}
   head, rest = path[0], list(path[1:])
@@ -81,7 +82,9 @@ def _slots(path: tuple[str, ...], children: Mapping[tuple[str, ...], set], steps
     seg = rest.pop(0)
     if seg in groups:  # a stack of edges; the next segment names the op
       op = rest.pop(0)
-      k = _primitive_index(op)
+      if op not in primitives:
+        raise KeyError(path)
+      k = list(primitives).index(op)
       prefixes = [f'{p}._ops.{e}._ops.{k}' for p in prefixes for e, _, _ in groups[seg]]
       parent = parent + (seg, op)
       continue
@@ -102,13 +105,6 @@ def _slots(path: tuple[str, ...], children: Mapping[tuple[str, ...], set], steps
     prefixes = [f'{p}.{orig}' for p in prefixes]
     parent = parent + (seg,)
   return [f'{p}.{_LEAF[rest[0]]}' for p in prefixes]
-
-
-def _primitive_index(op: str) -> int:
-  from darts_jax.genotypes import PRIMITIVES
-  if op not in PRIMITIVES:
-    raise KeyError(f'op {op!r} has no counterpart in the original code')
-  return PRIMITIVES.index(op)
 
 
 def _slot_view(leaf: np.ndarray, slot: int, n_slots: int, parent: str) -> np.ndarray:
@@ -145,7 +141,8 @@ def _to_original(v: np.ndarray, parent: str) -> np.ndarray:
   return v
 
 
-def _leaf_names(shapes: Mapping[str, Any], steps: int) -> Iterator[tuple[str, tuple, list[str]]]:
+def _leaf_names(shapes: Mapping[str, Any], steps: int, primitives: Sequence[str]
+                ) -> Iterator[tuple[str, tuple, list[str]]]:
   flats = {col: _flatten(tree) for col, tree in shapes.items()}
   children: dict[tuple[str, ...], set] = {}
   for flat in flats.values():
@@ -155,13 +152,14 @@ def _leaf_names(shapes: Mapping[str, Any], steps: int) -> Iterator[tuple[str, tu
   for col, flat in flats.items():
     for path in flat:
       try:
-        yield col, path, _slots(path, children, steps)
+        yield col, path, _slots(path, children, steps, primitives)
       except KeyError:
         raise ValueError(f'{"/".join(path)} has no counterpart in the original code') from None
 
 
 def from_original(named: Mapping[str, np.ndarray], shapes: Mapping[str, Any], steps: int = 4,
-                  require: tuple[str, ...] = ('params', 'batch_stats')) -> dict[str, Any]:
+                  require: tuple[str, ...] = ('params', 'batch_stats'),
+                  primitives: Sequence[str] = PRIMITIVES) -> dict[str, Any]:
   """Our variables from the original's ``{name: array}``.
 
   Args:
@@ -169,6 +167,7 @@ def from_original(named: Mapping[str, np.ndarray], shapes: Mapping[str, Any], st
     shapes: our variable tree(s) as ``{'params': ..., 'batch_stats': ...}`` of arrays or shape
       structs (e.g. from :func:`darts_jax.supernet.supernet_shapes` or ``jax.eval_shape``).
     steps: intermediate nodes per cell (edge numbering of the search network).
+    primitives: the search network's op list (the original numbers ops by their position).
     require: collections that ``named`` must fill completely; others keep their defaults
       (BN running statistics start at 0 / 1 when the file holds parameters only).
   Returns:
@@ -177,7 +176,7 @@ def from_original(named: Mapping[str, np.ndarray], shapes: Mapping[str, Any], st
   """
   named = {k: np.asarray(v) for k, v in named.items() if not _IGNORED.match(k)}
   used, missing, out = set(), [], {}
-  for col, path, names in _leaf_names(shapes, steps):
+  for col, path, names in _leaf_names(shapes, steps, primitives):
     shape_struct = _flatten(shapes[col])[path]
     leaf = np.zeros(shape_struct.shape, np.dtype(shape_struct.dtype))
     if col == 'batch_stats' and path[-1] == 'var':
@@ -202,10 +201,11 @@ def from_original(named: Mapping[str, np.ndarray], shapes: Mapping[str, Any], st
   return {col: _unflatten(flat) for col, flat in out.items()}
 
 
-def to_original(variables: Mapping[str, Any], steps: int = 4) -> dict[str, np.ndarray]:
+def to_original(variables: Mapping[str, Any], steps: int = 4,
+                primitives: Sequence[str] = PRIMITIVES) -> dict[str, np.ndarray]:
   """The inverse of :func:`from_original`: ``{original name: array}`` in the original layouts."""
   out = {}
-  for col, path, names in _leaf_names(variables, steps):
+  for col, path, names in _leaf_names(variables, steps, primitives):
     leaf = np.asarray(jax.device_get(_flatten(variables[col])[path]))
     for slot, name in enumerate(names):
       out[name] = _to_original(_slot_view(leaf, slot, len(names), path[-2]), path[-2])

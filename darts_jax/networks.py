@@ -148,8 +148,9 @@ class NetworkImageNet(_EvalNetwork):
 
   @nn.compact
   def __call__(self, images, train: bool = False, drop_path_prob=0.0):
-    # three stride-2 stem convolutions, then the cells' two reductions
-    check_image_size(images.shape, 5, self.in_channels, 'NetworkImageNet')
+    # three stride-2 stem convolutions, then the cells' reductions
+    check_image_size(images.shape, 3 + len({self.layers // 3, 2 * self.layers // 3}),
+                     self.in_channels, 'NetworkImageNet')
     c = self.C
     if c % 2:
       raise ValueError(f'NetworkImageNet needs an even C (its stem halves it and its first cell '

@@ -82,7 +82,8 @@ def _verify_search(ref: Mapping[str, np.ndarray], meta, report) -> None:
   named = {k[len('search/w/'):]: v for k, v in ref.items() if k.startswith('search/w/')}
   variables = interop.from_original(named, {'params': shapes.weights,
                                             'batch_stats': shapes.batch_stats},
-                                    steps=config.steps, require=('params',))
+                                    steps=config.steps, require=('params',),
+                                    primitives=config.primitives)
   weights, stats = variables['params'], variables.get('batch_stats', {})
   alphas = {'normal': jnp.asarray(ref['search/alphas_normal']),
             'reduce': jnp.asarray(ref['search/alphas_reduce'])}
@@ -97,7 +98,8 @@ def _verify_search(ref: Mapping[str, np.ndarray], meta, report) -> None:
   _check(report, 'search/loss_train', loss_train, ref['search/loss_train'], TOLERANCES['loss'])
   if 'search/loss_val' in ref:
     _check(report, 'search/loss_val', loss_val, ref['search/loss_val'], TOLERANCES['loss'])
-  g_named = interop.to_original({'params': g_w}, steps=config.steps)
+  g_named = interop.to_original({'params': g_w}, steps=config.steps,
+                                 primitives=config.primitives)
   ref_g = {k[len('search/grad_w_train/'):]: v for k, v in ref.items()
            if k.startswith('search/grad_w_train/')}
   if ref_g:
@@ -181,12 +183,15 @@ def verify(path: str) -> dict:
     raise ValueError(f'{path!r} has no "meta" entry: not a reference file of this format')
   meta = json.loads(str(ref['meta']))
   quantities: dict[str, dict] = {}
-  if 'search' in meta:
-    _verify_search(ref, meta, quantities)
-  if 'eval' in meta:
-    _verify_eval(ref, meta, quantities)
-  if meta.get('genotypes'):
-    quantities['genotypes'] = _verify_genotypes(ref, meta)
+  try:
+    if 'search' in meta:
+      _verify_search(ref, meta, quantities)
+    if 'eval' in meta:
+      _verify_eval(ref, meta, quantities)
+    if meta.get('genotypes'):
+      quantities['genotypes'] = _verify_genotypes(ref, meta)
+  except KeyError as e:
+    raise ValueError(f'{path!r} lacks entry {e} that its meta promises') from None
   counts = {s: sum(q['status'] == s for q in quantities.values())
             for s in (PASS, FAIL, NOT_COMPUTED)}
   return {'file': str(path), 'dtype': 'float64', 'relative_error': 'max|ours-ref| / max|ref|',

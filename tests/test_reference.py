@@ -72,7 +72,7 @@ def test_interop_roundtrip_and_mismatch(reference_path, x64):
   for k in named:
     np.testing.assert_array_equal(back[k], named[k])
   wrong = supernet_shapes(SupernetConfig(C=4, layers=4))
-  with pytest.raises(ValueError, match='does not fit .* \(network size differs\?\)'):
+  with pytest.raises(ValueError, match=r'does not fit .* \(network size differs\?\)'):
     interop.from_original(named, {'params': wrong.weights}, require=('params',))
 
 
@@ -83,3 +83,17 @@ def test_interop_reports_missing_and_unexpected_names(reference_path):
   named['cells.9.preprocess1.op.1.weight'] = np.zeros((4, 16, 1, 1))
   with pytest.raises(ValueError, match=r"1 missing \(e.g. \['classifier.bias'\]\), 1 unexpected"):
     interop.from_original(named, {'params': shapes.weights}, require=('params',))
+
+
+def test_interop_numbers_ops_by_position_in_the_searched_subset():
+  primitives = ('none', 'max_pool_3x3', 'sep_conv_3x3')
+  config = SupernetConfig(C=2, layers=3, primitives=primitives)
+  shapes = supernet_shapes(config, (8, 8))
+  variables = {'params': shapes.weights, 'batch_stats': shapes.batch_stats}
+  names = interop.to_original(jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), variables),
+                              primitives=primitives)
+  # sep_conv_3x3 is op 2 of this subset: module 1 of its sequence is the first depthwise conv
+  assert names['cells.0._ops.13._ops.2.op.1.weight'].shape == (2, 1, 3, 3)
+  assert 'cells.0._ops.13._ops.1.1.running_mean' in names  # max pool's BN
+  back = interop.from_original(names, variables, primitives=primitives)
+  assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(variables)
