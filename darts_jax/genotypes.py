@@ -29,6 +29,9 @@ _FIELDS = ('normal', 'normal_concat', 'reduce', 'reduce_concat')
 
 
 def _as_pairs(pairs: Any, field: str) -> tuple[tuple[str, int], ...]:
+  if not isinstance(pairs, (list, tuple)):
+    raise ValueError(f'genotype {field}: expected a list of (op_name, input_index) pairs, got '
+                     f'{pairs!r}')
   out = []
   for pair in pairs:
     if (not isinstance(pair, (tuple, list)) or len(pair) != 2 or not isinstance(pair[0], str)
@@ -68,9 +71,14 @@ class Genotype:
           raise ValueError(f'genotype {kind}: node {node} takes input {j} ({op!r}); allowed '
                            f'inputs are 0..{node + 1}')
       steps = len(pairs) // 2
+      if not concat:
+        raise ValueError(f'genotype {kind}_concat is empty: list the states to concatenate')
       for c in concat:
         if not 0 <= c < steps + 2:
           raise ValueError(f'genotype {kind}_concat: {c} is not a state index 0..{steps + 1}')
+        if kind == 'reduce' and c < 2:
+          raise ValueError(f'genotype reduce_concat: {c} is a cell input, whose size differs from '
+                           f'the reduced nodes; allowed: 2..{steps + 1}')
       object.__setattr__(self, kind, pairs)
       object.__setattr__(self, kind + '_concat', concat)
 
@@ -131,7 +139,7 @@ def _literal(node: ast.AST, text: str) -> Any:
   if isinstance(node, (ast.List, ast.Tuple)):
     return [_literal(e, text) for e in node.elts]
   if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == 'range'
-      and not node.keywords and 1 <= len(node.args) <= 2):
+      and not node.keywords and 1 <= len(node.args) <= 3):
     bounds = [_literal(a, text) for a in node.args]
     if all(isinstance(b, int) for b in bounds):
       return list(range(*bounds))
@@ -141,8 +149,9 @@ def _literal(node: ast.AST, text: str) -> Any:
 def _parse_genotype_call(text: str) -> dict[str, Any]:
   if not isinstance(text, str):
     raise ValueError(f'a genotype string is needed, got {type(text).__name__}')
+  text = text.strip()
   try:
-    tree = ast.parse(text.strip(), mode='eval')
+    tree = ast.parse(text, mode='eval')
   except SyntaxError:
     raise ValueError(f'malformed genotype string: {text[:80]!r} is not '
                      "Genotype(normal=[('op', input), ...], normal_concat=[...], reduce=[...], "
@@ -152,6 +161,10 @@ def _parse_genotype_call(text: str) -> dict[str, Any]:
           and call.func.id == 'Genotype' and not call.args):
     raise ValueError(f'malformed genotype string: expected Genotype(normal=..., ...) with keyword '
                      f'arguments, got {text[:80]!r}')
+  names = [kw.arg for kw in call.keywords]
+  repeated = sorted({n for n in names if names.count(n) > 1})
+  if repeated:
+    raise ValueError(f'malformed genotype string: keyword {repeated[0]!r} given twice')
   return {kw.arg: _literal(kw.value, text) for kw in call.keywords}
 
 
@@ -194,7 +207,29 @@ DARTS_V2 = Genotype(
 
 DARTS = DARTS_V2
 
-GENOTYPES: Mapping[str, Genotype] = {'DARTS_V1': DARTS_V1, 'DARTS_V2': DARTS_V2, 'DARTS': DARTS}
+# the original's reference cells (5 nodes; they use sep_conv_7x7 and conv_7x1_1x7)
+NASNet = Genotype(
+    normal=[('sep_conv_5x5', 1), ('sep_conv_3x3', 0), ('sep_conv_5x5', 0), ('sep_conv_3x3', 0),
+            ('avg_pool_3x3', 1), ('skip_connect', 0), ('avg_pool_3x3', 0), ('avg_pool_3x3', 0),
+            ('sep_conv_3x3', 1), ('skip_connect', 1)],
+    normal_concat=[2, 3, 4, 5, 6],
+    reduce=[('sep_conv_5x5', 1), ('sep_conv_7x7', 0), ('max_pool_3x3', 1), ('sep_conv_7x7', 0),
+            ('avg_pool_3x3', 1), ('sep_conv_5x5', 0), ('skip_connect', 3), ('avg_pool_3x3', 2),
+            ('sep_conv_3x3', 2), ('max_pool_3x3', 1)],
+    reduce_concat=[4, 5, 6])
+
+AmoebaNet = Genotype(
+    normal=[('avg_pool_3x3', 0), ('max_pool_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_5x5', 2),
+            ('sep_conv_3x3', 0), ('avg_pool_3x3', 3), ('sep_conv_3x3', 1), ('skip_connect', 1),
+            ('skip_connect', 0), ('avg_pool_3x3', 1)],
+    normal_concat=[4, 5, 6],
+    reduce=[('avg_pool_3x3', 0), ('sep_conv_3x3', 1), ('max_pool_3x3', 0), ('sep_conv_7x7', 2),
+            ('sep_conv_7x7', 0), ('avg_pool_3x3', 1), ('max_pool_3x3', 0), ('max_pool_3x3', 1),
+            ('conv_7x1_1x7', 0), ('sep_conv_3x3', 5)],
+    reduce_concat=[3, 4, 6])
+
+GENOTYPES: Mapping[str, Genotype] = {'DARTS_V1': DARTS_V1, 'DARTS_V2': DARTS_V2, 'DARTS': DARTS,
+                                     'NASNet': NASNet, 'AmoebaNet': AmoebaNet}
 
 
 def num_edges(steps: int) -> int:
@@ -230,11 +265,18 @@ def derive_genotype(alphas: Mapping[str, Any], primitives: Sequence[str] = PRIMI
                     steps: int = 4, multiplier: int = 4) -> Genotype:
   """The discrete genotype of ``alphas = {'normal': (E, K), 'reduce': (E, K)}`` (not softmaxed)."""
   shape = (num_edges(steps), len(primitives))
+  if not isinstance(alphas, Mapping):
+    raise ValueError(f"alphas must be a dict with keys 'normal' and 'reduce', got "
+                     f'{type(alphas).__name__}')
+  if all(p == 'none' for p in primitives):
+    raise ValueError(f'cannot derive a genotype from ops {tuple(primitives)}: every op is none')
   cells = {}
   for kind in ('normal', 'reduce'):
     if kind not in alphas:
       raise ValueError(f"alphas need keys 'normal' and 'reduce', got {sorted(alphas)}")
-    a = np.asarray(alphas[kind], dtype=np.float64)
+    a = np.asarray(alphas[kind])
+    # softmax in the alphas' own precision, as the original does (near-ties can rank differently)
+    a = a.astype(a.dtype if np.issubdtype(a.dtype, np.floating) else np.float64)
     if a.shape != shape:
       raise ValueError(f'alphas[{kind!r}] has shape {a.shape}; expected {shape} '
                        f'({steps} steps, {len(primitives)} ops)')

@@ -28,6 +28,8 @@ _CHILDREN = {
         'dw1': 'op.1', 'pw1': 'op.2', 'bn1': 'op.3', 'dw2': 'op.5', 'pw2': 'op.6', 'bn2': 'op.7'},
     frozenset({'dw', 'pw', 'bn'}): {'dw': 'op.1', 'pw': 'op.2', 'bn': 'op.3'},  # DilConv
     frozenset({'bn'}): {'bn': '1'},  # pooling + BN in the search network
+    frozenset({'conv_1x7', 'conv_7x1', 'bn'}): {'conv_1x7': 'op.1', 'conv_7x1': 'op.2',
+                                               'bn': 'op.3'},
 }
 # search-network BN without affine parameters: the kind is known from params and stats together
 _CHILDREN.update({k - {'bn', 'bn1', 'bn2'}: v for k, v in list(_CHILDREN.items())

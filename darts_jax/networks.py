@@ -10,7 +10,9 @@ from __future__ import annotations
 from typing import Mapping
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from darts_jax import ops as ops_lib
 from darts_jax.genotypes import Genotype, parse_genotype
@@ -18,8 +20,19 @@ from darts_jax.supernet import check_image_size
 
 
 def _uses_drop_path(train: bool, drop_path_prob) -> bool:
-  # a literal 0 needs no PRNG key; a traced probability (e.g. a schedule) always goes through
-  return train and not (isinstance(drop_path_prob, (int, float)) and drop_path_prob == 0)
+  """A concrete 0 needs no PRNG key; a traced probability (e.g. a schedule) always goes through."""
+  if isinstance(drop_path_prob, jax.core.Tracer):
+    return train
+  p = float(np.asarray(drop_path_prob))
+  if not 0 <= p < 1:
+    raise ValueError(f'drop_path_prob={p}: must be in [0, 1)')
+  return train and p > 0
+
+
+def _check_sizes(**sizes):
+  for name, value in sizes.items():
+    if not isinstance(value, (int, np.integer)) or value < 1:
+      raise ValueError(f'{name}={value!r}: must be a positive integer')
 
 
 class EvalCell(nn.Module):
@@ -52,6 +65,9 @@ class EvalCell(nn.Module):
                              module_name=f'op{n}')
         h = op(states[j], train)
         if _uses_drop_path(train, drop_path_prob) and not isinstance(op, ops_lib.Identity):
+          if not self.has_rng('drop_path'):
+            raise ValueError("drop path in training needs a PRNG key: pass rngs={'drop_path': "
+                             'key} to apply, or drop_path_prob=0')
           h = ops_lib.drop_path(h, drop_path_prob, self.make_rng('drop_path'))
         total = h if total is None else total + h
       states.append(total)
@@ -62,7 +78,7 @@ class AuxiliaryHead(nn.Module):
   """ReLU, 5x5 average pool, 1x1 conv 128, BN, ReLU, 2x2 conv 768, [BN], ReLU, linear."""
   c: int
   num_classes: int
-  pool_stride: int  # 3 for CIFAR (8x8 -> 2x2), 2 for ImageNet (14x14 -> 5x5 ... as the original)
+  pool_stride: int  # 3 for CIFAR (8x8 -> 2x2), 2 for ImageNet (7x7 -> 2x2)
   final_bn: bool  # the original's ImageNet head omits the second BN
 
   @nn.compact
@@ -102,12 +118,15 @@ class _EvalNetwork(nn.Module):
       reduction_prev = reduction
       concat = genotype.reduce_concat if reduction else genotype.normal_concat
       c_prev_prev, c_prev = c_prev, len(concat) * c
-      if i == 2 * layers // 3 and self.auxiliary and train:
-        logits_aux = aux_head(c_prev)(s1, train)
-        # The original's head starts with ReLU(inplace=True), which rewrites s1 itself. Every
-        # later consumer starts with a ReLU too, except the final pooling when this is the
-        # last cell: replicate that.
-        s1 = nn.relu(s1)
+      if i == 2 * layers // 3 and self.auxiliary and (train or self.is_initializing()):
+        # built at init in either mode, so that a later training apply finds its weights
+        out = aux_head(c_prev)(s1, train)
+        if train:
+          logits_aux = out
+          # The original's head starts with ReLU(inplace=True), which rewrites s1 itself. Every
+          # later consumer starts with a ReLU too, except the final pooling when this is the
+          # last cell: replicate that.
+          s1 = nn.relu(s1)
     return s1, c_prev, logits_aux
 
 
@@ -124,7 +143,8 @@ class NetworkCIFAR(_EvalNetwork):
 
   @nn.compact
   def __call__(self, images, train: bool = False, drop_path_prob=0.0):
-    check_image_size(images.shape, len({self.layers // 3, 2 * self.layers // 3}),
+    _check_sizes(C=self.C, num_classes=self.num_classes, layers=self.layers)
+    check_image_size(images, len({self.layers // 3, 2 * self.layers // 3}),
                      self.in_channels, 'NetworkCIFAR')
     c_stem = self.stem_multiplier * self.C
     x = ops_lib.Conv(self.in_channels, c_stem, 3, padding=1, name='stem_conv')(images)
@@ -148,8 +168,9 @@ class NetworkImageNet(_EvalNetwork):
 
   @nn.compact
   def __call__(self, images, train: bool = False, drop_path_prob=0.0):
+    _check_sizes(C=self.C, num_classes=self.num_classes, layers=self.layers)
     # three stride-2 stem convolutions, then the cells' reductions
-    check_image_size(images.shape, 3 + len({self.layers // 3, 2 * self.layers // 3}),
+    check_image_size(images, 3 + len({self.layers // 3, 2 * self.layers // 3}),
                      self.in_channels, 'NetworkImageNet')
     c = self.C
     if c % 2:

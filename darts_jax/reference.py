@@ -16,7 +16,9 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
+from darts_jax import hypergradient as hg
 from darts_jax import interop
 from darts_jax.genotypes import Genotype, derive_genotype, parse_genotype
 from darts_jax.networks import NetworkCIFAR
@@ -25,11 +27,12 @@ from darts_jax.supernet import SupernetConfig, make_loss, supernet_shapes
 PASS, FAIL, NOT_COMPUTED = 'pass', 'fail', 'not yet computed'
 
 # float64 tolerances (relative, max-norm)
-TOLERANCES = {'logits': 1e-9, 'loss': 1e-9, 'gradient': 1e-8}
+TOLERANCES = {'logits': 1e-9, 'loss': 1e-9, 'gradient': 1e-8, 'finite_difference': 1e-6}
 
-# second-order quantities: computed by the hypergradient module (next issue)
-_LATER = ('hypergrad_exact_nomomentum', 'hypergrad_fd_nomomentum', 'hypergrad_exact',
-          'hypergrad_fd')
+# second-order quantities: (file key, estimator, with the momentum buffer)
+_SECOND_ORDER = (('hypergrad_exact_nomomentum', 'unrolled', False),
+                 ('hypergrad_fd_nomomentum', 'finite_difference', False),
+                 ('hypergrad_exact', 'unrolled', True), ('hypergrad_fd', 'finite_difference', True))
 
 
 def relative_error(ours, ref) -> float:
@@ -58,6 +61,23 @@ def search_config(meta: Mapping[str, Any]) -> SupernetConfig:
 def _search_value_and_grad(config: SupernetConfig):
   loss = make_loss(config)
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+
+
+@functools.lru_cache(maxsize=8)
+def _second_order(config: SupernetConfig, method: str, wd: float, momentum: float, r: float):
+  """jit(hypergradient) for the reference's inner optimiser: SGD(xi, momentum) + weight decay."""
+  loss = make_loss(config)
+
+  @jax.jit
+  def run(weights, alphas, stats, train, val, buf, xi):
+    inner = optax.chain(optax.add_decayed_weights(wd), optax.sgd(xi, momentum=momentum))
+    state = optax.tree_utils.tree_set(inner.init(weights), trace=buf)
+    options = dict(inner=inner, inner_state=state)
+    if method == 'finite_difference':
+      options.update(xi=xi, r=r)
+    return hg.hypergradient(method, hg.bind_loss(loss, stats, train),
+                            hg.bind_loss(loss, stats, val), weights, alphas, **options)[0]
+  return run
 
 
 @functools.lru_cache(maxsize=8)
@@ -119,9 +139,26 @@ def _verify_search(ref: Mapping[str, np.ndarray], meta, report) -> None:
     _check(report, 'search/hypergrad_first_order', np.stack([g_a_val['normal'],
                                                              g_a_val['reduce']]),
            ref['search/hypergrad_first_order'], TOLERANCES['gradient'])
-  for name in _LATER:
-    if f'search/{name}' in ref:
-      report[f'search/{name}'] = {'status': NOT_COMPUTED}
+  m = meta['search']
+  momentum_named = {k[len('search/momentum/'):]: v for k, v in ref.items()
+                    if k.startswith('search/momentum/')}
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, weights)
+  buffers = {False: zeros}
+  if momentum_named:
+    buffers[True] = interop.from_original(
+        momentum_named, {'params': shapes.weights}, steps=config.steps, require=('params',),
+        primitives=config.primitives)['params']
+  for name, method, with_momentum in _SECOND_ORDER:
+    if f'search/{name}' not in ref:
+      continue
+    if with_momentum not in buffers:
+      raise KeyError('search/momentum/*')
+    run = _second_order(config, method, m.get('weight_decay', 3e-4), m.get('momentum', 0.9),
+                        m.get('fd_r', 0.01))
+    g = run(weights, alphas, stats, train, val, buffers[with_momentum], m.get('xi', 0.025))
+    tol = TOLERANCES['gradient' if method == 'unrolled' else 'finite_difference']
+    _check(report, f'search/{name}', np.stack([g['normal'], g['reduce']]), ref[f'search/{name}'],
+           tol)
   if any(k.startswith('search/step/') for k in ref):
     report['search/step'] = {'status': NOT_COMPUTED}
 

@@ -160,11 +160,14 @@ def check_alphas(alphas: Any, config: SupernetConfig) -> None:
                        f'({config.steps} steps, ops {", ".join(config.primitives)})')
 
 
-def check_image_size(shape: Sequence[int], n_reductions: int, in_channels: int,
+def check_image_size(shape: 'Sequence[int] | jax.Array', n_reductions: int, in_channels: int,
                      what: str = 'network') -> None:
   """Each reduction halves H and W with a FactorizedReduce, which needs even sizes."""
+  shape, dtype = getattr(shape, 'shape', shape), getattr(shape, 'dtype', None)
   if len(shape) != 4:
     raise ValueError(f'images must be (batch, height, width, channels); got shape {tuple(shape)}')
+  if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f'images must be floating point (normalised), got dtype {dtype}')
   _, h, w, c = shape
   if c != in_channels:
     raise ValueError(f'images have {c} channels; the {what} was built for in_channels='
@@ -183,12 +186,12 @@ class SearchNetwork(nn.Module):
   def __call__(self, images, alphas, train: bool = True):
     cfg = self.config
     check_alphas(alphas, cfg)
-    check_image_size(images.shape, len(cfg.reduction_layers), cfg.in_channels, 'search network')
+    check_image_size(images, len(cfg.reduction_layers), cfg.in_channels, 'search network')
     c_stem = cfg.stem_multiplier * cfg.C
     x = ops_lib.Conv(cfg.in_channels, c_stem, 3, padding=1, name='stem_conv')(images)
     s0 = s1 = ops_lib.BatchNorm(c_stem, affine=True, name='stem_bn')(x, train)
     # softmax once per cell type per forward (eq. 2); all cells of a type share it
-    weights = {k: jax.nn.softmax(alphas[k].astype(images.dtype), axis=-1) for k in alphas}
+    weights = {k: jax.nn.softmax(jnp.asarray(alphas[k], images.dtype), axis=-1) for k in alphas}
     c_prev_prev, c_prev, c = c_stem, c_stem, cfg.C
     reduction_prev = False
     for i in range(cfg.layers):
@@ -226,11 +229,11 @@ def _init_variables(key, config, image_size, dtype) -> SupernetVariables:
 def init_supernet(key: jax.Array, config: SupernetConfig, image_size=(32, 32),
                   dtype=jnp.float32) -> SupernetVariables:
   """Weights (PyTorch's default initialisation) and BN statistics (zeros / ones)."""
-  shapes = supernet_shapes(config, image_size, dtype)
-  try:
-    values = ops_lib.torch_default_init(key, shapes._asdict())
-  except KeyError:  # a user op with its own initialisers: let its modules draw them
+  if not isinstance(image_size, (tuple, list)) or len(image_size) != 2:
+    raise ValueError(f'image_size={image_size!r}: give (height, width)')
+  if config.ops != ops_lib.OPS:  # user ops draw their own initial values
     return jax.jit(lambda k: _init_variables(k, config, tuple(image_size), dtype))(key)
+  values = ops_lib.torch_default_init(key, supernet_shapes(config, image_size, dtype)._asdict())
   return SupernetVariables(values['weights'], values['batch_stats'])
 
 
@@ -280,6 +283,10 @@ def make_loss(config: SupernetConfig, train: bool = True):
 
   def loss(weights, alphas, batch_stats, batch):
     images, labels = batch
+    if (np.ndim(labels) != 1 or np.shape(labels)[0] != np.shape(images)[0]
+        or not jnp.issubdtype(jnp.result_type(labels), jnp.integer)):
+      raise ValueError(f'labels must be integer class indices of shape ({np.shape(images)[0]},), '
+                       f'got shape {np.shape(labels)} and dtype {jnp.result_type(labels)}')
     logits, new_stats = apply(weights, alphas, batch_stats, images, train)
     return cross_entropy(logits, labels), LossAux(new_stats, logits)
 

@@ -95,6 +95,17 @@ def test_derive_genotype_hand_case():
   assert g.normal_concat == (2, 3, 4, 5)
 
 
+def test_derive_genotype_none_only_space():
+  with pytest.raises(ValueError, match='every op is none'):
+    derive_genotype({'normal': np.zeros((14, 1)), 'reduce': np.zeros((14, 1))}, ('none',))
+
+
+def test_repeated_keyword_and_leading_space():
+  with pytest.raises(ValueError, match="keyword 'normal' given twice"):
+    Genotype.from_string(V2_STRING.replace('reduce=', 'normal=', 1))
+  assert Genotype.from_string('  ' + V2_STRING) == DARTS_V2
+
+
 def test_derive_genotype_bad_shape():
   with pytest.raises(ValueError, match=r"alphas\['normal'\] has shape \(14, 7\); expected \(14, 8\)"):
     derive_genotype({'normal': np.zeros((14, 7)), 'reduce': np.zeros((14, 8))})

@@ -47,7 +47,10 @@ def test_auxiliary_head_in_training_only():
   logits, aux = model.apply(variables, x, False)
   assert logits.shape == (2, 10) and aux is None
   (logits_t, aux_t), _ = model.apply(variables, x, True, mutable=['batch_stats'])
-  assert aux_t.shape == (2, 10) and not np.allclose(logits_t, logits)
+  assert aux_t.shape == (2, 10) and np.all(np.isfinite(aux_t))
+  # initialised in evaluation mode, the auxiliary head still gets its weights
+  eval_init = jax.jit(lambda: model.init(jax.random.PRNGKey(1), x, False))()
+  assert jax.tree_util.tree_structure(eval_init) == jax.tree_util.tree_structure(variables)
   no_aux = NetworkCIFAR(4, 10, 5, False, DARTS_V2)
   assert 'aux' not in jax.eval_shape(lambda: no_aux.init(jax.random.PRNGKey(1), x, True))['params']
 
@@ -67,6 +70,39 @@ def test_input_checks():
                    reduce=[('skip_connect', 0), ('skip_connect', 1)], reduce_concat=[2])
     jax.eval_shape(lambda: NetworkCIFAR(4, 10, 3, False, bad).init(
         jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3))))
+
+
+def test_published_reference_cells_build():
+  from darts_jax.genotypes import NASNet, parse_genotype
+  assert parse_genotype('NASNet') is NASNet and len(NASNet.normal) == 10
+  x = jnp.zeros((2, 32, 32, 3))
+  for name in ('NASNet', 'AmoebaNet'):
+    shapes = jax.eval_shape(lambda: NetworkCIFAR(4, 10, 5, False, name).init(
+        jax.random.PRNGKey(0), x))
+    # NASNet's normal cell concatenates 5 nodes: the classifier sees 5 * 16 channels
+    assert shapes['params']['classifier']['kernel'].shape[0] == (80 if name == 'NASNet' else 48)
+
+
+def test_bad_drop_path_and_concat():
+  cell = _cell([('max_pool_3x3', 0), ('max_pool_3x3', 0)] * 4)
+  with pytest.raises(ValueError, match=r'drop_path_prob=1.0: must be in \[0, 1\)'):
+    _run(cell, 1.0)
+  s = jnp.zeros((2, 4, 4, 3))
+  variables = cell.init(jax.random.PRNGKey(0), s, s, False)
+  with pytest.raises(ValueError, match="needs a PRNG key: pass rngs={'drop_path'"):
+    cell.apply(variables, s, s, True, 0.2, mutable=['batch_stats'])
+  with pytest.raises(ValueError, match='reduce_concat: 1 is a cell input'):
+    Genotype(normal=[('skip_connect', 0), ('skip_connect', 1)], normal_concat=[2],
+             reduce=[('skip_connect', 0), ('skip_connect', 1)], reduce_concat=[1, 2])
+  with pytest.raises(ValueError, match='normal_concat is empty'):
+    Genotype(normal=[('skip_connect', 0), ('skip_connect', 1)], normal_concat=[],
+             reduce=[('skip_connect', 0), ('skip_connect', 1)], reduce_concat=[2])
+  with pytest.raises(ValueError, match='C=0: must be a positive integer'):
+    jax.eval_shape(lambda: NetworkCIFAR(0, 10, 5, False, DARTS_V2).init(
+        jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3))))
+  with pytest.raises(ValueError, match='images must be floating point'):
+    jax.eval_shape(lambda: NetworkCIFAR(4, 10, 5, False, DARTS_V2).init(
+        jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3), jnp.uint8)))
 
 
 def test_imagenet_forward_small_input():

@@ -132,11 +132,9 @@ def test_drop_path_statistics_and_scaling():
   kept = y != 0
   assert abs(kept.mean() - 0.7) < 0.02  # 4 sigma of a Bernoulli(0.7) mean over 20k
   np.testing.assert_allclose(y[kept], 1 / 0.7, rtol=1e-6)
-  # same key, same mask; a whole sample is kept or dropped together
-  z = np.asarray(ops.drop_path(jnp.ones((8, 2, 2, 3)), 0.5, jax.random.PRNGKey(1)))
-  assert all(len(np.unique(s)) == 1 for s in z)
-  np.testing.assert_array_equal(z, ops.drop_path(jnp.ones((8, 2, 2, 3)), 0.5,
-                                                 jax.random.PRNGKey(1)))
+  # a whole sample is kept or dropped together
+  z = np.asarray(ops.drop_path(jnp.ones((64, 2, 2, 3)), 0.5, jax.random.PRNGKey(1)))
+  assert all(len(np.unique(s)) == 1 for s in z) and 0 < (z[:, 0, 0, 0] == 0).sum() < 64
 
 
 def test_torch_default_init_bounds():
