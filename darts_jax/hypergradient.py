@@ -151,9 +151,9 @@ def inner_step(train_loss: LossFn, w: Pytree, alpha: Pytree, inner: optax.Gradie
 
 def _aux(val_loss, train_loss, direct, total, v_norm, residual=jnp.nan, iterations=-1,
          converged=True) -> HypergradientAux:
-  return HypergradientAux(val_loss, jnp.asarray(train_loss, jnp.result_type(val_loss)), tree_norm(direct),
-                          tree_norm(tree_sub(total, direct)), v_norm, jnp.asarray(residual),
-                          jnp.asarray(iterations), jnp.asarray(converged))
+  return HypergradientAux(val_loss, jnp.asarray(train_loss, jnp.result_type(val_loss)),
+                          tree_norm(direct), tree_norm(tree_sub(total, direct)), v_norm,
+                          jnp.asarray(residual), jnp.asarray(iterations), jnp.asarray(converged))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,20 +183,23 @@ def unrolled(train_loss: LossFn, val_loss: LossFn, w: Pytree, alpha: Pytree,
   _check_inputs(w, alpha)
   _check_inner_state(inner, inner_state, w)
 
-  def objective(alpha):
+  def objective(alpha_inner, alpha_val, dw):
+    # alpha enters twice: through the inner steps (the indirect part of eq. 6) and directly in
+    # L_val; dw = 0 makes the same backward pass also return v = grad_w L_val(w_K)
     def body(carry, _):
       w_k, state = carry
-      w_next, state, loss = inner_step(train_loss, w_k, alpha, inner, state)
+      w_next, state, loss = inner_step(train_loss, w_k, alpha_inner, inner, state)
       return (w_next, state), loss
 
     body = jax.checkpoint(body) if remat else body
     (w_k, _), train_losses = jax.lax.scan(body, (w, inner_state), None, length=steps)
-    # the direct part grad_alpha L_val(w_K, alpha) and v ride along as aux (not differentiated)
-    lv, (g_w, g_direct) = jax.value_and_grad(val_loss, argnums=(0, 1))(w_k, alpha)
-    return lv, (g_w, g_direct, train_losses[0])
+    return val_loss(jax.tree_util.tree_map(jnp.add, w_k, dw), alpha_val), train_losses[0]
 
-  (lv, (g_w, direct, lt)), g_alpha = jax.value_and_grad(objective, has_aux=True)(alpha)
-  return g_alpha, _aux(lv, lt, direct, g_alpha, tree_norm(g_w))
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, w)
+  (lv, lt), (indirect, direct, v) = jax.value_and_grad(objective, argnums=(0, 1, 2),
+                                                       has_aux=True)(alpha, alpha, zeros)
+  total = jax.tree_util.tree_map(jnp.add, indirect, direct)
+  return total, _aux(lv, lt, direct, total, tree_norm(v))
 
 
 def finite_difference(train_loss: LossFn, val_loss: LossFn, w: Pytree, alpha: Pytree,

@@ -66,36 +66,45 @@ def study_network(path: str, dtype) -> list:
   # training-mode losses normalise with batch statistics: the running ones are never read
   stats = cast(jax.tree_util.tree_map(lambda s: np.zeros(s.shape), shapes.batch_stats))
   loss = make_loss(config)
-  train = hg.bind_loss(loss, stats, (nhwc(ref['search/x_train']), ref['search/y_train']))
-  val = hg.bind_loss(loss, stats, (nhwc(ref['search/x_val']), ref['search/y_val']))
+  batches = ((nhwc(ref['search/x_train']), jnp.asarray(ref['search/y_train'])),
+             (nhwc(ref['search/x_val']), jnp.asarray(ref['search/y_val'])))
   xi = m['xi']
   inner = optax.chain(optax.add_decayed_weights(m['weight_decay']),
                       optax.sgd(xi, momentum=m['momentum']))
   state = optax.tree_utils.tree_set(inner.init(weights), trace=buf)
+  # every array is an argument, never a closed-over constant: XLA would constant-fold the network
+  data = (weights, state, stats, batches)
 
-  def exact(a):
-    return hg.unrolled(train, val, weights, a, inner, state)[0]
+  def estimator(method, **options):
+    def run(a, data, *extra):
+      weights, state, stats, (train, val) = data
+      opts = dict(options)
+      if method in ('unrolled', 'finite_difference'):
+        opts.update(inner=inner, inner_state=state)
+      if method == 'finite_difference':
+        opts.update(xi=xi, r=extra[0])
+      return hg.hypergradient(method, hg.bind_loss(loss, stats, train),
+                              hg.bind_loss(loss, stats, val), weights, a, **opts)[0]
+    return run
 
-  g_exact, c, r, t = _timed(exact, alphas)
+  g_exact, c, r, t = _timed(estimator('unrolled'), alphas, data)
   rows = [_row('exact (unrolled K=1)', g_exact, g_exact, c, r, t)]
-  estimators = {
-      'first_order': lambda a: hg.first_order(train, val, weights, a)[0],
-      'unrolled K=2': lambda a: hg.unrolled(train, val, weights, a, inner, state, steps=2)[0],
-      'implicit CG (20 iters)': lambda a: hg.implicit(train, val, weights, a, maxiter=20,
-                                                      damping=1.0)[0],
-  }
-  for name, fn in estimators.items():
-    g, c, r, t = _timed(fn, alphas)
+  for name, fn in {'first_order': estimator('first_order'),
+                   'unrolled K=2': estimator('unrolled', steps=2),
+                   'implicit CG (20 iters, damping 1)': estimator('implicit', maxiter=20,
+                                                                  damping=1.0),
+                   }.items():
+    g, c, r, t = _timed(fn, alphas, data)
     rows.append(_row(name, g, g_exact, c, r, t))
-  fd = lambda a, r: hg.finite_difference(train, val, weights, a, inner, state, xi=xi, r=r)[0]
-  compiled = None
+  fd, c_fd = None, 0.0
   for r_fd in (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7):
-    if compiled is None:
+    args = (alphas, data, jnp.asarray(r_fd, dtype))
+    if fd is None:
       t0 = time.perf_counter()
-      compiled = jax.jit(fd).lower(alphas, jnp.asarray(r_fd, dtype)).compile()
+      fd = jax.jit(estimator('finite_difference')).lower(*args).compile()
       c_fd = time.perf_counter() - t0
     t0 = time.perf_counter()
-    g = jax.block_until_ready(compiled(alphas, jnp.asarray(r_fd, dtype)))
+    g = jax.block_until_ready(fd(*args))
     rows.append(_row(f'finite difference r={r_fd:g}', g, g_exact, c_fd,
                      time.perf_counter() - t0, None))
   return rows

@@ -173,23 +173,32 @@ def test_unrolled_matches_central_differences_on_a_tiny_supernet(x64):
   train = (jax.random.normal(key_t, (4, 8, 8, 3), jnp.float64), jnp.array([0, 1, 2, 3]))
   val = (jax.random.normal(key_v, (4, 8, 8, 3), jnp.float64), jnp.array([3, 2, 1, 0]))
   loss = make_loss(config)
-  train_loss = hg.bind_loss(loss, variables.batch_stats, train)
-  val_loss = hg.bind_loss(loss, variables.batch_stats, val)
   inner = optax.chain(optax.add_decayed_weights(3e-4), optax.sgd(0.1, momentum=0.9))
   buf = jax.tree_util.tree_map(lambda w: 0.1 * jnp.sign(w), variables.weights)
   state = optax.tree_utils.tree_set(inner.init(variables.weights), trace=buf)
-  g, _ = jax.jit(lambda a: hg.unrolled(train_loss, val_loss, variables.weights, a, inner,
-                                       state))(alphas)
+  data = (variables.weights, state, variables.batch_stats, train, val)
+
+  def losses(data):
+    _, _, stats, train, val = data
+    return hg.bind_loss(loss, stats, train), hg.bind_loss(loss, stats, val)
+
+  # arrays are arguments, not closed-over constants, which XLA would spend minutes folding
+  @jax.jit
+  def exact(a, data):
+    train_loss, val_loss = losses(data)
+    return hg.unrolled(train_loss, val_loss, data[0], a, inner, data[1])[0]
 
   @jax.jit
-  def objective(a):  # L_val(w'(a), a) with the same virtual step, computed forward only
-    w_prime, _, _ = hg.inner_step(train_loss, variables.weights, a, inner, state)
+  def objective(a, data):  # L_val(w'(a), a) with the same virtual step, computed forward only
+    train_loss, val_loss = losses(data)
+    w_prime, _, _ = hg.inner_step(train_loss, data[0], a, inner, data[1])
     return val_loss(w_prime, a)
 
+  g = exact(alphas, data)
   rng = np.random.default_rng(0)
   for _ in range(2):
     d = jax.tree_util.tree_map(lambda a: jnp.asarray(rng.normal(size=a.shape)), alphas)
     eps = 1e-6  # the loss is piecewise smooth (max pool, ReLU): at 1e-4 a kink is crossed
-    numeric = (objective(hg.tree_axpy(eps, d, alphas))
-               - objective(hg.tree_axpy(-eps, d, alphas))) / (2 * eps)
+    numeric = (objective(hg.tree_axpy(eps, d, alphas), data)
+               - objective(hg.tree_axpy(-eps, d, alphas), data)) / (2 * eps)
     assert float(hg.tree_vdot(g, d)) == pytest.approx(float(numeric), rel=1e-6)
