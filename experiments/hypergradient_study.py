@@ -136,12 +136,14 @@ def main(argv=None) -> int:
   parser.add_argument('--dtypes', default='float64,float32')
   parser.add_argument('--out', help='write the results as JSON here')
   args = parser.parse_args(argv)
+  dtypes = args.dtypes.split(',')
+  bad = [d for d in dtypes if d not in ('float64', 'float32')]
+  if bad:
+    print(f'error: dtype {bad[0]!r} is not float64 or float32', file=sys.stderr)
+    return 2
   jax.config.update('jax_enable_x64', True)
   results = {'toy (xi=0.3, at (2, -2))': study_toys()}
-  for name in args.dtypes.split(','):
-    if name not in ('float64', 'float32'):
-      print(f'error: dtype {name!r} is not float64 or float32', file=sys.stderr)
-      return 2
+  for name in dtypes:
     rows = study_network(args.reference, jnp.dtype(name))
     results[f'reference network, {name}'] = rows
     print(f'\n{name}: {"estimator":28} {"cosine":>9} {"rel err":>9} {"run s":>8} {"compile s":>9}')
