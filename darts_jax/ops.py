@@ -420,6 +420,18 @@ def _skip(c, stride, affine, n_edges, search, impl, name):
   return FactorizedReduce(c, c, affine, n_edges, name=name)
 
 
+def single_edge_op(make: Callable[..., nn.Module]) -> OpFactory:
+  """Turns ``make(c, stride, affine, name=...)`` (an op for one edge, NHWC in and out) into an
+  op factory that also serves a stack of edges."""
+
+  def factory(c, stride, affine, n_edges, search, impl, name):
+    if n_edges == 1:
+      return make(c, stride, affine, name=name)
+    return PerEdge(lambda _, name: make(c, stride, affine, name=name), c, n_edges, name=name)
+
+  return factory
+
+
 OPS = OpRegistry({
     'none': lambda c, stride, affine, n_edges, search, impl, name: Zero(stride, name=name),
     'max_pool_3x3': lambda c, stride, affine, n_edges, search, impl, name: Pool(
@@ -438,9 +450,8 @@ OPS = OpRegistry({
     # used by the published NASNet and AmoebaNet cells, not searched over by default
     'sep_conv_7x7': lambda c, stride, affine, n_edges, search, impl, name: SepConv(
         c, 7, stride, affine, n_edges, impl, name=name),
-    'conv_7x1_1x7': lambda c, stride, affine, n_edges, search, impl, name: (
-        Conv7x1_1x7(c, stride, affine, name=name) if n_edges == 1 else PerEdge(
-            lambda _, name: Conv7x1_1x7(c, stride, affine, name=name), c, n_edges, name=name)),
+    'conv_7x1_1x7': single_edge_op(
+        lambda c, stride, affine, name: Conv7x1_1x7(c, stride, affine, name=name)),
 })
 
 
@@ -461,18 +472,6 @@ def make_op_registry(extra: Mapping[str, OpFactory] | None = None,
       raise ValueError(f'op {name!r}: the factory must be callable, got {type(factory).__name__}')
     merged[name] = factory
   return OpRegistry(merged)
-
-
-def single_edge_op(make: Callable[..., nn.Module]) -> OpFactory:
-  """Turns ``make(c, stride, affine, name=...)`` (an op for one edge, NHWC in and out) into an
-  op factory that also serves a stack of edges."""
-
-  def factory(c, stride, affine, n_edges, search, impl, name):
-    if n_edges == 1:
-      return make(c, stride, affine, name=name)
-    return PerEdge(lambda _, name: make(c, stride, affine, name=name), c, n_edges, name=name)
-
-  return factory
 
 
 def check_op_names(names: Sequence[str], ops: Mapping[str, OpFactory] = OPS) -> None:
