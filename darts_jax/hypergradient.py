@@ -106,6 +106,13 @@ def _check_finite(tree, name):
       raise ValueError(f'{name} holds non-finite values (NaN or inf)')
 
 
+def _concrete(x) -> float | None:
+  try:
+    return float(x)
+  except (jax.errors.ConcretizationTypeError, TypeError):
+    return None
+
+
 def _check_inputs(w, alpha):
   if not jax.tree_util.tree_leaves(w) or not jax.tree_util.tree_leaves(alpha):
     raise ValueError('w and alpha must be non-empty pytrees of arrays')
@@ -211,7 +218,7 @@ def finite_difference(train_loss: LossFn, val_loss: LossFn, w: Pytree, alpha: Py
 
   ``xi`` is the inner step's learning rate (DARTS: the current weight learning rate).
   """
-  if not r > 0:
+  if (value := _concrete(r)) is not None and not value > 0:  # a traced r is checked by its caller
     raise ValueError(f'r={r!r}: the finite-difference scale must be > 0 (the paper uses 0.01)')
   _check_inputs(w, alpha)
   _check_inner_state(inner, inner_state, w)

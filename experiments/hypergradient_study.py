@@ -45,7 +45,9 @@ def _row(name, g, exact, compile_s, run_s, temp):
           'temp_mb': None if temp is None else round(temp / 2**20, 1)}
 
 
-def study_network(path: str, dtype) -> list:
+def study_network(path: str, dtype, done: frozenset = frozenset()):
+  """Yields one result row per estimator as soon as it is measured, skipping the estimators
+  named in ``done`` (the exact one is always computed: it is what the others are compared to)."""
   from darts_jax import hypergradient as hg
   from darts_jax import interop
   from darts_jax.reference import search_config
@@ -88,16 +90,20 @@ def study_network(path: str, dtype) -> list:
     return run
 
   g_exact, c, r, t = _timed(estimator('unrolled'), alphas, data)
-  rows = [_row('exact (unrolled K=1)', g_exact, g_exact, c, r, t)]
+  yield _row('exact (unrolled K=1)', g_exact, g_exact, c, r, t)
   for name, fn in {'first_order': estimator('first_order'),
                    'unrolled K=2': estimator('unrolled', steps=2),
                    'implicit CG (20 iters, damping 1)': estimator('implicit', maxiter=20,
                                                                   damping=1.0),
                    }.items():
+    if name in done:
+      continue
     g, c, r, t = _timed(fn, alphas, data)
-    rows.append(_row(name, g, g_exact, c, r, t))
+    yield _row(name, g, g_exact, c, r, t)
   fd, c_fd = None, 0.0
   for r_fd in (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7):
+    if f'finite difference r={r_fd:g}' in done:
+      continue
     args = (alphas, data, jnp.asarray(r_fd, dtype))
     if fd is None:
       t0 = time.perf_counter()
@@ -105,9 +111,8 @@ def study_network(path: str, dtype) -> list:
       c_fd = time.perf_counter() - t0
     t0 = time.perf_counter()
     g = jax.block_until_ready(fd(*args))
-    rows.append(_row(f'finite difference r={r_fd:g}', g, g_exact, c_fd,
-                     time.perf_counter() - t0, None))
-  return rows
+    yield _row(f'finite difference r={r_fd:g}', g, g_exact, c_fd, time.perf_counter() - t0,
+               None)
 
 
 def study_toys() -> list:
@@ -134,7 +139,9 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog='python -m experiments.hypergradient_study')
   parser.add_argument('--reference', default='tests/data/quark0_reference.npz')
   parser.add_argument('--dtypes', default='float64,float32')
-  parser.add_argument('--out', help='write the results as JSON here')
+  parser.add_argument('--out', help='write the results as JSON here (after every row)')
+  parser.add_argument('--resume', action='store_true',
+                      help='keep the rows already in --out and measure only the missing ones')
   args = parser.parse_args(argv)
   dtypes = args.dtypes.split(',')
   bad = [d for d in dtypes if d not in ('float64', 'float32')]
@@ -143,16 +150,33 @@ def main(argv=None) -> int:
     return 2
   jax.config.update('jax_enable_x64', True)
   results = {'toy (xi=0.3, at (2, -2))': study_toys()}
+  if args.resume:
+    if not args.out:
+      print('error: --resume needs --out', file=sys.stderr)
+      return 2
+    with open(args.out) as f:
+      results.update({k: v for k, v in json.load(f).items() if k.startswith('reference')})
+
+  def save():  # after every row: an hour-long study loses nothing when stopped early
+    if args.out:
+      with open(args.out, 'w') as f:
+        json.dump(results, f, indent=2)
+
   for name in dtypes:
-    rows = study_network(args.reference, jnp.dtype(name))
-    results[f'reference network, {name}'] = rows
-    print(f'\n{name}: {"estimator":28} {"cosine":>9} {"rel err":>9} {"run s":>8} {"compile s":>9}')
-    for row in rows:
+    rows = results.setdefault(f'reference network, {name}', [])
+    done = frozenset(r['estimator'] for r in rows if not r['estimator'].startswith('exact'))
+    print(f'\n{name}: {"estimator":28} {"cosine":>9} {"rel err":>9} {"run s":>8} {"compile s":>9}',
+          flush=True)
+    for row in study_network(args.reference, jnp.dtype(name), done):
+      if row['estimator'].startswith('exact'):
+        rows[:] = [r for r in rows if not r['estimator'].startswith('exact')]
+        rows.insert(0, row)
+      else:
+        rows.append(row)
       print(f'{"":9}{row["estimator"]:28} {row["cosine"]:>9.4f} {row["rel_err"]:>9.2e} '
             f'{row["run_s"]:>8.3f} {row["compile_s"]:>9.1f}', flush=True)
-  if args.out:
-    with open(args.out, 'w') as f:
-      json.dump(results, f, indent=2)
+      save()
+  save()
   return 0
 
 

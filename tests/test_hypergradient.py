@@ -41,6 +41,17 @@ def test_toy_estimators_closed_forms(x64, xi, buf):
   assert float(g_ift) == pytest.approx(float(w - 2 + a), rel=1e-12) and bool(aux.converged)
 
 
+def test_finite_difference_scale_may_be_traced(x64):
+  # a sweep over r compiles once when r is an argument of the jitted function
+  w, a, xi = jnp.array(-2.0), jnp.array(2.0), 0.3
+  inner = optax.sgd(xi)
+  fd = jax.jit(lambda r: hg.finite_difference(toy_train, toy_val, w, a, inner, inner.init(w),
+                                              xi=xi, r=r)[0])
+  exact = (w - xi * (2 * w - 2 * a)) + 2 * xi * a - 2
+  for r in (1e-2, 1e-4):
+    assert float(fd(jnp.asarray(r))) == pytest.approx(float(exact), rel=1e-8)
+
+
 def test_xi_zero_is_first_order(x64):
   w, a = {'w': jnp.array([0.3, -1.0])}, jnp.array([0.5, 2.0])
   train = lambda w, a: jnp.sum(jnp.sin(w['w'] * a) ** 2)
