@@ -20,6 +20,7 @@ import optax
 
 from darts_jax import hypergradient as hg
 from darts_jax import interop
+from darts_jax import search as search_lib
 from darts_jax.genotypes import Genotype, derive_genotype, parse_genotype
 from darts_jax.networks import NetworkCIFAR
 from darts_jax.supernet import SupernetConfig, make_loss, supernet_shapes
@@ -27,7 +28,8 @@ from darts_jax.supernet import SupernetConfig, make_loss, supernet_shapes
 PASS, FAIL, NOT_COMPUTED = 'pass', 'fail', 'not yet computed'
 
 # float64 tolerances (relative, max-norm)
-TOLERANCES = {'logits': 1e-9, 'loss': 1e-9, 'gradient': 1e-8, 'finite_difference': 1e-6}
+TOLERANCES = {'logits': 1e-9, 'loss': 1e-9, 'gradient': 1e-8, 'finite_difference': 1e-6,
+              'step': 1e-8}
 
 # second-order quantities: (file key, estimator, with the momentum buffer)
 _SECOND_ORDER = (('hypergrad_exact_nomomentum', 'unrolled', False),
@@ -78,6 +80,23 @@ def _second_order(config: SupernetConfig, method: str, wd: float, momentum: floa
     return hg.hypergradient(method, hg.bind_loss(loss, stats, train),
                             hg.bind_loss(loss, stats, val), weights, alphas, **options)[0]
   return run
+
+
+@functools.lru_cache(maxsize=8)
+def _search_step(config: SupernetConfig, hp: search_lib.SearchHParams):
+  loss = make_loss(config)
+  return jax.jit(lambda state, train, val: search_lib.search_step(hp, loss, state, train, val))
+
+
+def step_hparams(meta_search: Mapping) -> search_lib.SearchHParams:
+  """The reference step's optimisers: fresh states, the finite-difference estimator (eq. 7)."""
+  m, adam = meta_search, meta_search.get('arch_adam', {})
+  return search_lib.SearchHParams(
+      w_lr=m.get('xi', 0.025), w_momentum=m.get('momentum', 0.9),
+      w_weight_decay=m.get('weight_decay', 3e-4), grad_clip=m.get('grad_clip', 5.0),
+      alpha_lr=adam.get('lr', 3e-4), alpha_b1=adam.get('b1', 0.5), alpha_b2=adam.get('b2', 0.999),
+      alpha_eps=adam.get('eps', 1e-8), alpha_weight_decay=adam.get('weight_decay', 1e-3),
+      estimator='finite_difference', fd_r=m.get('fd_r', 0.01))
 
 
 @functools.lru_cache(maxsize=8)
@@ -160,7 +179,32 @@ def _verify_search(ref: Mapping[str, np.ndarray], meta, report) -> None:
     _check(report, f'search/{name}', np.stack([g['normal'], g['reduce']]), ref[f'search/{name}'],
            tol)
   if any(k.startswith('search/step/') for k in ref):
-    report['search/step'] = {'status': NOT_COMPUTED}
+    _verify_step(ref, m, config, weights, alphas, stats, train, val, report)
+
+
+def _verify_step(ref, m, config, weights, alphas, stats, train, val, report) -> None:
+  """One full search step from fresh optimiser states: Adam on the eq. (7) alpha gradient, then
+  clipped SGD on the weights with the new alphas."""
+  hp = step_hparams(m)
+  state = search_lib.init_search_state(hp, weights, alphas, stats, jax.random.PRNGKey(0))
+  new, _ = _search_step(config, hp)(state, train, val)
+  for cell in ('normal', 'reduce'):
+    _check(report, f'search/step/alphas_{cell}', new.alphas[cell], ref[f'search/step/alphas_{cell}'],
+           TOLERANCES['step'])
+  if 'search/step/loss_train' in ref:
+    _check(report, 'search/step/loss_train', new.metrics.train_loss,
+           ref['search/step/loss_train'], TOLERANCES['step'])
+  ref_w = {k[len('search/step/w/'):]: v for k, v in ref.items() if k.startswith('search/step/w/')}
+  if ref_w:
+    w_named = interop.to_original({'params': new.weights}, steps=config.steps,
+                                  primitives=config.primitives)
+    if set(ref_w) != set(w_named):
+      report['search/step/w'] = {'status': FAIL, 'rel_err': float('inf'),
+                                 'tol': TOLERANCES['step'], 'detail': 'parameter names differ'}
+    else:
+      names = sorted(ref_w)
+      _check(report, 'search/step/w', np.concatenate([np.ravel(w_named[n]) for n in names]),
+             np.concatenate([np.ravel(ref_w[n]) for n in names]), TOLERANCES['step'])
 
 
 def _eval_genotype(spec) -> Genotype:

@@ -1,0 +1,125 @@
+"""Checkpoints (orbax) and run directories.
+
+A checkpoint stores a state pytree's leaves under readable dotted names
+(``weights.cells_0.preprocess0.conv.kernel``, ``w_opt_state.1.1.0.trace....``) and restores
+them into the structure of a freshly built state, so optimiser-state containers (empty
+``NamedTuple`` s, tuples) never go through orbax's structure handling. orbax writes each
+checkpoint to a temporary directory and renames it when complete: a crash mid-save leaves the
+previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+
+def _key_name(key) -> str:
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def _dtype(x) -> np.dtype:
+  return np.dtype(x.dtype) if hasattr(x, 'dtype') else np.result_type(x)
+
+
+def leaf_names(tree) -> list[str]:
+  return ['.'.join(_key_name(k) for k in path)
+          for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def flatten_named(tree) -> dict[str, Any]:
+  names, leaves = leaf_names(tree), jax.tree_util.tree_leaves(tree)
+  if len(set(names)) != len(names):
+    raise ValueError('state leaf names are not unique; cannot checkpoint by name')
+  return dict(zip(names, leaves))
+
+
+def unflatten_named(named: Mapping[str, Any], like):
+  """``like``'s structure with the leaves of ``named`` (same names, shapes and dtypes)."""
+  names = leaf_names(like)
+  missing = sorted(set(names) - set(named))
+  extra = sorted(set(named) - set(names))
+  if missing or extra:
+    raise ValueError(f'checkpoint does not fit this run: missing {missing[:3]}, unexpected '
+                     f'{extra[:3]} (of {len(missing)} / {len(extra)})')
+  leaves = []
+  for name, ref in zip(names, jax.tree_util.tree_leaves(like)):
+    value = named[name]
+    if np.shape(value) != np.shape(ref) or _dtype(value) != _dtype(ref):
+      raise ValueError(f'checkpoint entry {name!r} has shape {np.shape(value)} and dtype '
+                       f'{_dtype(value)}; this run needs {np.shape(ref)} {_dtype(ref)}')
+    leaves.append(value)
+  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves)
+
+
+class Checkpoints:
+  """Numbered checkpoints of one state pytree in ``directory`` (orbax ``CheckpointManager``)."""
+
+  def __init__(self, directory: str, max_to_keep: int = 2):
+    import orbax.checkpoint as ocp  # imported here: orbax is slow to import
+    self._ocp = ocp
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=False)
+    self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, metadata: Mapping | None = None) -> None:
+    named = {k: np.asarray(jax.device_get(v)) for k, v in flatten_named(state).items()}
+    args = {'state': self._ocp.args.StandardSave(named)}
+    if metadata is not None:
+      args['metadata'] = self._ocp.args.JsonSave(dict(metadata))
+    self.manager.save(step, args=self._ocp.args.Composite(**args), force=True)
+    self.manager.wait_until_finished()
+
+  def restore(self, like, step: int | None = None):
+    """Restores into ``like``'s structure (host numpy leaves). Returns ``(state, metadata)``."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError('no checkpoint to restore')
+    abstract = {k: jax.ShapeDtypeStruct(np.shape(v), _dtype(v))
+                for k, v in flatten_named(like).items()}
+    items = {'state': self._ocp.args.StandardRestore(abstract)}
+    if 'metadata' in self.manager.item_metadata(step):
+      items['metadata'] = self._ocp.args.JsonRestore()
+    restored = self.manager.restore(step, args=self._ocp.args.Composite(**items))
+    named = {k: np.asarray(v) for k, v in restored['state'].items()}
+    return unflatten_named(named, like), restored.get('metadata') if 'metadata' in items else None
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def check_run_config(workdir: str, config: Mapping, may_differ: tuple[str, ...] = ()) -> bool:
+  """Guards a run directory: writes ``config.json`` on first use; afterwards the stored config
+  must equal ``config`` except for ``may_differ`` keys. Returns True if the workdir held a run.
+
+  Raises ValueError naming the differing keys (nothing in the workdir is touched).
+  """
+  path = os.path.join(workdir, 'config.json')
+  config = json.loads(json.dumps(dict(config)))  # as stored: tuples become lists
+  if os.path.exists(path):
+    with open(path) as f:
+      stored = json.load(f)
+    keys = sorted((set(stored) | set(config)) - set(may_differ))
+    differ = [k for k in keys if stored.get(k, '<absent>') != config.get(k, '<absent>')]
+    if differ:
+      shown = ', '.join(f'{k}: {stored.get(k, "<absent>")!r} -> {config.get(k, "<absent>")!r}'
+                        for k in differ[:4])
+      raise ValueError(f'workdir {workdir!r} holds a run with a different config ({shown}); '
+                       'use a new --workdir or the same config to resume')
+    return True
+  os.makedirs(workdir, exist_ok=True)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(dict(config), f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+  return False

@@ -1,0 +1,179 @@
+"""Dataset container, the DARTS search split, epoch ordering and on-device augmentation.
+
+Host side (NumPy) stays deterministic and shape-static: every batch an epoch yields has the same
+shape, so a jitted step compiles once. Device side (JAX) does the per-image randomness, keyed
+per image, so augmentation runs inside the training step instead of in a Python loader.
+
+The transforms reproduce the original DARTS CIFAR pipeline (torchvision ``RandomCrop(32,
+padding=4)``, ``RandomHorizontalFlip()``, ``ToTensor()``, ``Normalize(mean, std)`` and, for final
+training, ``Cutout``) on NHWC uint8 batches.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class DataError(Exception):
+  """A dataset cannot be read or fetched; the message says which file and what to do."""
+
+
+class Dataset(NamedTuple):
+  """One split of a dataset, held in host memory.
+
+  ``mean``/``std`` are per-channel statistics on the [0, 1] scale: the constants the transforms
+  normalise with, not necessarily the statistics of this split.
+  """
+  images: np.ndarray  # (N, H, W, C) uint8
+  labels: np.ndarray  # (N,) int32
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  num_classes: int
+  name: str
+
+
+def _take(dataset: Dataset, index: slice) -> Dataset:
+  return dataset._replace(images=dataset.images[index], labels=dataset.labels[index])
+
+
+def search_split(dataset: Dataset, portion: float = 0.5) -> tuple[Dataset, Dataset]:
+  """The original DARTS search split: the first ``floor(portion * N)`` examples train the
+  weights, the rest the architecture. No shuffling, as in the original ``train_search.py``,
+  so the two halves are the same on every run and every machine.
+  """
+  if not 0.0 < portion < 1.0:
+    raise ValueError(f'search_split: portion={portion!r} must lie strictly between 0 and 1')
+  n = len(dataset.labels)
+  split = int(math.floor(portion * n))
+  if split == 0 or split == n:
+    raise ValueError(f'search_split: portion={portion} of {n} examples leaves one side empty')
+  return _take(dataset, slice(0, split)), _take(dataset, slice(split, n))
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  """Batches per epoch when the last short batch is padded (see :func:`epoch_order`)."""
+  _check_sizes(num_examples, batch_size)
+  return -(-num_examples // batch_size)
+
+
+def _check_sizes(num_examples: int, batch_size: int) -> None:
+  if num_examples < 1:
+    raise ValueError(f'num_examples={num_examples}: need at least one example')
+  if batch_size < 1:
+    raise ValueError(f'batch_size={batch_size}: must be a positive integer')
+  if batch_size > num_examples:
+    raise ValueError(f'batch_size={batch_size} exceeds num_examples={num_examples}: a batch '
+                     'would have to repeat examples')
+
+
+def epoch_order(num_examples: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
+  """Example indices for one epoch, shape ``(steps, batch_size)``.
+
+  The permutation depends only on ``(seed, epoch)``, so a resumed run replays the same order.
+  A short last batch is filled with the permutation's first indices: batches keep one static
+  shape (one compilation) and every example is still seen at least once per epoch.
+  """
+  steps = steps_per_epoch(num_examples, batch_size)
+  if seed < 0 or epoch < 0:
+    raise ValueError(f'epoch_order: seed={seed} and epoch={epoch} must be non-negative')
+  perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
+  fill = steps * batch_size - num_examples
+  return np.concatenate([perm, perm[:fill]]).reshape(steps, batch_size)
+
+
+def _check_batch(images: jax.Array, where: str) -> None:
+  if images.ndim != 4:
+    raise ValueError(f'{where}: expected an NHWC batch (B, H, W, C), got shape {images.shape}')
+  # The transforms divide by 255; a float batch here would be scaled twice without complaint.
+  if images.dtype != jnp.uint8:
+    raise TypeError(f'{where}: expected uint8 pixels, got {images.dtype}')
+
+
+def _normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+  mean = jnp.asarray(mean, jnp.float32)
+  std = jnp.asarray(std, jnp.float32)
+  return (images.astype(jnp.float32) / 255.0 - mean) / std
+
+
+@jax.jit
+def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+  """The eval-time transform ``(x / 255 - mean) / std`` of a uint8 NHWC batch, as float32."""
+  _check_batch(images, 'normalize')
+  return _normalize(images, mean, std)
+
+
+@functools.partial(jax.jit, static_argnames=('crop_padding', 'flip'))
+def augment(key: jax.Array, images: jax.Array, mean: Sequence[float], std: Sequence[float],
+            crop_padding: int = 4, flip: bool = True) -> jax.Array:
+  """Random crop with zero padding, random horizontal flip, then normalisation (float32).
+
+  Padding uses pixel value 0 before normalisation, as torchvision's ``RandomCrop(padding=4)``
+  does on the PIL image, so padded pixels come out as ``-mean / std``. Each image draws its own
+  crop offset and flip from its own subkey of ``key``. ``crop_padding=0, flip=False`` is
+  :func:`normalize`.
+  """
+  _check_batch(images, 'augment')
+  if crop_padding < 0:
+    raise ValueError(f'augment: crop_padding={crop_padding} must be non-negative')
+  if crop_padding == 0 and not flip:
+    return _normalize(images, mean, std)
+  batch, height, width, channels = images.shape
+  p = crop_padding
+  padded = jnp.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))
+
+  def one(k, image):
+    k_crop, k_flip = jax.random.split(k)
+    offset = jax.random.randint(k_crop, (2,), 0, 2 * p + 1)
+    out = jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, channels))
+    if flip:
+      out = jnp.where(jax.random.bernoulli(k_flip), out[:, ::-1], out)
+    return out
+
+  return _normalize(jax.vmap(one)(jax.random.split(key, batch), padded), mean, std)
+
+
+def cutout_mask(center_y: jax.Array, center_x: jax.Array, height: int, width: int,
+                length: int) -> jax.Array:
+  """(height, width) float32 mask: 0 inside the cutout square, 1 elsewhere.
+
+  The square is rows ``[y - length // 2, y + length // 2)`` and the same for columns, clipped
+  at the borders, as the original DARTS ``Cutout`` (so an odd ``length`` cuts ``length - 1``).
+  Built from iota comparisons, so the centre may be traced while the shape stays static.
+  """
+  half = length // 2
+  rows = jax.lax.broadcasted_iota(jnp.int32, (height, width), 0)
+  cols = jax.lax.broadcasted_iota(jnp.int32, (height, width), 1)
+  inside = ((rows >= center_y - half) & (rows < center_y + half)
+            & (cols >= center_x - half) & (cols < center_x + half))
+  return jnp.where(inside, 0.0, 1.0).astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=('length',))
+def cutout(key: jax.Array, images: jax.Array, length: int) -> jax.Array:
+  """Zero one ``length`` x ``length`` square per image of a normalised NHWC batch.
+
+  The centre is uniform over all pixels (so squares near a border are clipped), one draw per
+  image from its own subkey. ``length=0`` returns the batch unchanged.
+  """
+  if images.ndim != 4:
+    raise ValueError(f'cutout: expected an NHWC batch (B, H, W, C), got shape {images.shape}')
+  if length < 0:
+    raise ValueError(f'cutout: length={length} must be non-negative')
+  if length == 0:
+    return images
+  batch, height, width, _ = images.shape
+
+  def one(k):
+    k_y, k_x = jax.random.split(k)
+    y = jax.random.randint(k_y, (), 0, height)
+    x = jax.random.randint(k_x, (), 0, width)
+    return cutout_mask(y, x, height, width, length)
+
+  masks = jax.vmap(one)(jax.random.split(key, batch))
+  return images * masks[..., None].astype(images.dtype)

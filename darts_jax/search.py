@@ -1,0 +1,302 @@
+"""The DARTS search step: one alpha step (eq. 6 / 7 or another estimator), then one weight step.
+
+Everything the search carries from step to step is one pytree, :class:`SearchState`, and one
+jitted pure function advances it: ``state, metrics = step(state, train_batch, val_batch)``.
+The step is written for a device mesh: batches split over the mesh's ``'data'`` axis, the
+state replicated and donated. One device is the default.
+
+The optimisers are the original's (``shared/REFERENCE.md``), in optax terms:
+
+- weights: ``chain(clip (PyTorch's), add_decayed_weights, sgd(cosine per epoch, momentum))``;
+- alphas: ``chain(add_decayed_weights, adam)`` (PyTorch's Adam: L2 added to the gradient).
+
+The second-order virtual step is the weight optimiser itself minus the clipping, run from its
+current state (momentum buffer and step count, so xi = the current learning rate).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from darts_jax import hypergradient as hg
+
+Pytree = Any
+Batch = tuple[jax.Array, jax.Array]  # (images NHWC, integer labels)
+
+# estimator name -> the hypergradient method behind it
+ESTIMATORS = {'first_order': 'first_order', 'exact': 'unrolled',
+              'finite_difference': 'finite_difference', 'unrolled': 'unrolled',
+              'implicit': 'implicit'}
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchHParams:
+  """Bilevel optimisation settings; defaults are the paper's (``train_search.py``)."""
+  epochs: int = 50
+  steps_per_epoch: int = 391  # ceil(25,000 / 64)
+  w_lr: float = 0.025
+  w_lr_min: float = 0.001
+  w_momentum: float = 0.9
+  w_weight_decay: float = 3e-4
+  grad_clip: float = 5.0
+  alpha_lr: float = 3e-4
+  alpha_b1: float = 0.5
+  alpha_b2: float = 0.999
+  alpha_eps: float = 1e-8
+  alpha_weight_decay: float = 1e-3
+  estimator: str = 'exact'  # see ESTIMATORS
+  unrolled_steps: int = 2  # K for estimator='unrolled' ('exact' is K = 1)
+  remat: bool = False  # rematerialise each unrolled step in the backward pass
+  fd_r: float = 0.01  # eq. (7)'s R = fd_r / ||v||
+  implicit_solver: str = 'cg'
+  implicit_maxiter: int = 20
+  implicit_damping: float = 1.0
+  neumann_terms: int = 20
+  neumann_lr: float = 0.01
+
+  def __post_init__(self):
+    if self.estimator not in ESTIMATORS:
+      raise ValueError(f'estimator={self.estimator!r} is unknown; allowed: '
+                       f'{", ".join(ESTIMATORS)}')
+    for name in ('epochs', 'steps_per_epoch', 'unrolled_steps', 'implicit_maxiter',
+                 'neumann_terms'):
+      value = getattr(self, name)
+      if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f'{name}={value!r}: must be an integer >= 1')
+    for name in ('w_lr', 'alpha_lr', 'fd_r', 'neumann_lr'):
+      if not getattr(self, name) > 0:
+        raise ValueError(f'{name}={getattr(self, name)!r}: must be > 0')
+    for name in ('w_lr_min', 'w_weight_decay', 'alpha_weight_decay', 'implicit_damping'):
+      if not getattr(self, name) >= 0:
+        raise ValueError(f'{name}={getattr(self, name)!r}: must be >= 0')
+    if not self.grad_clip > 0:
+      raise ValueError(f'grad_clip={self.grad_clip!r}: must be > 0')
+    if self.implicit_solver not in ('cg', 'neumann'):
+      raise ValueError(f"implicit_solver={self.implicit_solver!r}: must be 'cg' or 'neumann'")
+
+
+class SearchMetrics(NamedTuple):
+  """Sums over the current epoch's steps (reset by the epoch's first step)."""
+  steps: jax.Array
+  train_loss: jax.Array  # L_train(w, alpha) of the weight step
+  train_correct: jax.Array  # top-1 hits of that forward pass
+  train_examples: jax.Array
+  val_loss: jax.Array  # L_val where the alpha gradient was taken (w' for second order)
+  hypergrad_norm: jax.Array
+
+
+class SearchState(NamedTuple):
+  step: jax.Array  # completed search steps; epoch = step // steps_per_epoch
+  weights: Pytree
+  alphas: Pytree  # {'normal': (E, O), 'reduce': (E, O)}
+  batch_stats: Pytree  # BN running statistics (read only by evaluation)
+  w_opt_state: Any
+  alpha_opt_state: Any
+  rng: jax.Array  # base key; step t augments with fold_in(rng, t)
+  metrics: SearchMetrics
+  nonfinite_step: jax.Array  # -1, or the first step whose loss or gradient was not finite
+
+
+# ----------------------------------------------------------------------------------------------
+# optimisers
+# ----------------------------------------------------------------------------------------------
+
+
+def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
+  """PyTorch's ``clip_grad_norm_``: scale by ``max_norm / (norm + 1e-6)`` when that is < 1.
+
+  optax's ``clip_by_global_norm`` divides by the norm itself; the original's epsilon is kept so
+  that one step matches the original to float64 round-off.
+  """
+
+  def update(updates, state, params=None):
+    del params
+    coef = max_norm / (hg.tree_norm(updates) + 1e-6)
+    scale = jnp.minimum(coef, 1.0)
+    return jax.tree_util.tree_map(lambda g: (g * scale).astype(g.dtype), updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def weight_lr_schedule(hp: SearchHParams) -> optax.Schedule:
+  """Cosine annealing per epoch (constant within an epoch, as the original steps its
+  ``CosineAnnealingLR`` once per epoch): lr(e) = min + (lr0 - min) (1 + cos(pi e / E)) / 2."""
+
+  def schedule(count):
+    epoch = count // hp.steps_per_epoch
+    return hp.w_lr_min + (hp.w_lr - hp.w_lr_min) * 0.5 * (1 + jnp.cos(jnp.pi * epoch / hp.epochs))
+
+  return schedule
+
+
+def weight_inner_optimizer(hp: SearchHParams) -> optax.GradientTransformation:
+  """The weight optimiser without clipping: SGD, momentum, L2 weight decay. It is both the
+  second half of the real weight step and the virtual step of eq. (6)."""
+  return optax.chain(optax.add_decayed_weights(hp.w_weight_decay),
+                     optax.sgd(weight_lr_schedule(hp), momentum=hp.w_momentum))
+
+
+def weight_optimizer(hp: SearchHParams) -> optax.GradientTransformation:
+  return optax.chain(clip_by_global_norm_torch(hp.grad_clip), weight_inner_optimizer(hp))
+
+
+def alpha_optimizer(hp: SearchHParams) -> optax.GradientTransformation:
+  return optax.chain(optax.add_decayed_weights(hp.alpha_weight_decay),
+                     optax.adam(hp.alpha_lr, b1=hp.alpha_b1, b2=hp.alpha_b2, eps=hp.alpha_eps))
+
+
+def _zero_metrics(dtype) -> SearchMetrics:
+  # distinct arrays: the state is donated, and one buffer may not be donated twice
+  return SearchMetrics(*(jnp.zeros((), t) for t in (jnp.int32, dtype, jnp.int32, jnp.int32,
+                                                     dtype, dtype)))
+
+
+def init_search_state(hp: SearchHParams, weights: Pytree, alphas: Pytree, batch_stats: Pytree,
+                      rng: jax.Array) -> SearchState:
+  """Fresh optimiser states around given initial values (see ``supernet.init_supernet`` and
+  ``supernet.init_alphas``)."""
+  dtype = jnp.result_type(*jax.tree_util.tree_leaves(alphas))
+  return SearchState(step=jnp.zeros((), jnp.int32), weights=weights, alphas=alphas,
+                     batch_stats=batch_stats, w_opt_state=weight_optimizer(hp).init(weights),
+                     alpha_opt_state=alpha_optimizer(hp).init(alphas),
+                     rng=jnp.asarray(rng), metrics=_zero_metrics(dtype),
+                     nonfinite_step=jnp.asarray(-1, jnp.int32))
+
+
+def current_weight_lr(hp: SearchHParams, step) -> jax.Array:
+  return weight_lr_schedule(hp)(step)
+
+
+# ----------------------------------------------------------------------------------------------
+# the step
+# ----------------------------------------------------------------------------------------------
+
+
+def alpha_gradient(hp: SearchHParams, loss: Callable, state: SearchState, train: Batch,
+                   val: Batch) -> tuple[Pytree, hg.HypergradientAux]:
+  """The architecture gradient by the configured estimator at the current state."""
+  train_loss = hg.bind_loss(loss, state.batch_stats, train)
+  val_loss = hg.bind_loss(loss, state.batch_stats, val)
+  # the virtual step is the real optimiser minus its clipping, from its current state
+  inner, inner_state = weight_inner_optimizer(hp), state.w_opt_state[1]
+  method = ESTIMATORS[hp.estimator]
+  options: dict[str, Any] = {}
+  if hp.estimator == 'exact':
+    options = dict(inner=inner, inner_state=inner_state, steps=1)
+  elif hp.estimator == 'unrolled':
+    options = dict(inner=inner, inner_state=inner_state, steps=hp.unrolled_steps,
+                   remat=hp.remat)
+  elif hp.estimator == 'finite_difference':
+    options = dict(inner=inner, inner_state=inner_state, r=hp.fd_r,
+                   xi=current_weight_lr(hp, state.step))
+  elif hp.estimator == 'implicit':
+    options = dict(solver=hp.implicit_solver, maxiter=hp.implicit_maxiter,
+                   damping=hp.implicit_damping, neumann_terms=hp.neumann_terms,
+                   neumann_lr=hp.neumann_lr)
+  return hg.hypergradient(method, train_loss, val_loss, state.weights, state.alphas, **options)
+
+
+def _all_finite(*trees) -> jax.Array:
+  # a norm is finite iff every entry is (NaN and inf propagate): one reduction per tree
+  return jnp.all(jnp.stack([jnp.isfinite(hg.tree_norm(t)) for t in trees]))
+
+
+def search_step(hp: SearchHParams, loss: Callable, state: SearchState, train: Batch, val: Batch,
+                preprocess: Callable | None = None) -> tuple[SearchState, hg.HypergradientAux]:
+  """One DARTS search step (Algorithm 1): alpha first, then w on the train batch with the new
+  alpha. ``preprocess(key, images)`` augments raw batches inside the step (None: use as given).
+
+  A non-finite loss or gradient leaves the state as it was and records the step in
+  ``nonfinite_step``; every later step is then a no-op, so the last good state survives.
+  """
+  if preprocess is not None:
+    k_train, k_val = jax.random.split(jax.random.fold_in(state.rng, state.step))
+    train = (preprocess(k_train, train[0]), train[1])
+    val = (preprocess(k_val, val[0]), val[1])
+
+  # alpha step: eq. (6) (or the configured estimator), then Adam
+  g_alpha, aux = alpha_gradient(hp, loss, state, train, val)
+  a_updates, alpha_opt_state = alpha_optimizer(hp).update(g_alpha, state.alpha_opt_state,
+                                                          state.alphas)
+  alphas = optax.apply_updates(state.alphas, a_updates)
+
+  # weight step on the train batch with the new alphas
+  (train_loss, loss_aux), g_w = jax.value_and_grad(loss, has_aux=True)(
+      state.weights, alphas, state.batch_stats, train)
+  w_updates, w_opt_state = weight_optimizer(hp).update(g_w, state.w_opt_state, state.weights)
+  weights = optax.apply_updates(state.weights, w_updates)
+
+  labels = train[1]
+  correct = jnp.sum(jnp.argmax(loss_aux.logits, -1) == labels).astype(jnp.int32)
+  hypergrad_norm = hg.tree_norm(g_alpha)
+  first_of_epoch = state.step % hp.steps_per_epoch == 0
+  previous = jax.tree_util.tree_map(lambda m: jnp.where(first_of_epoch, jnp.zeros_like(m), m),
+                                    state.metrics)
+  metrics = SearchMetrics(
+      previous.steps + 1, previous.train_loss + train_loss.astype(previous.train_loss.dtype),
+      previous.train_correct + correct, previous.train_examples + labels.shape[0],
+      previous.val_loss + aux.val_loss.astype(previous.val_loss.dtype),
+      previous.hypergrad_norm + hypergrad_norm.astype(previous.hypergrad_norm.dtype))
+  new = SearchState(state.step + 1, weights, alphas, loss_aux.batch_stats, w_opt_state,
+                    alpha_opt_state, state.rng, metrics, state.nonfinite_step)
+
+  ok = (state.nonfinite_step < 0) & _all_finite(train_loss, aux.val_loss, g_alpha, g_w)
+  kept = jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, state)
+  nonfinite = jnp.where((state.nonfinite_step < 0) & ~ok, state.step, state.nonfinite_step)
+  return kept._replace(nonfinite_step=nonfinite), aux
+
+
+# ----------------------------------------------------------------------------------------------
+# device mesh
+# ----------------------------------------------------------------------------------------------
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh:
+  """A 1-D mesh over the first ``num_devices`` devices (all by default), axis ``'data'``."""
+  devices = jax.devices()
+  n = len(devices) if num_devices is None else num_devices
+  if not 1 <= n <= len(devices):
+    raise ValueError(f'num_devices={num_devices!r}: this host has {len(devices)} device(s)')
+  return Mesh(np.asarray(devices[:n]), ('data',))
+
+
+def check_batch_divisible(batch_size: int, mesh: Mesh, name: str = 'batch_size') -> None:
+  if batch_size % mesh.size:
+    raise ValueError(f'{name}={batch_size} is not divisible by the number of devices '
+                     f'({mesh.size}); the batch is split evenly over the data axis')
+
+
+def jit_search_step(hp: SearchHParams, loss: Callable, mesh: Mesh,
+                    preprocess: Callable | None = None):
+  """``search_step`` jitted for ``mesh``: batches sharded over ``'data'``, the state replicated
+  and donated (its buffers are reused for the next state)."""
+  replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+
+  def step(state, train, val):
+    return search_step(hp, loss, state, train, val, preprocess)
+
+  return jax.jit(step, in_shardings=(replicated, batch, batch),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def jit_eval_step(eval_loss: Callable, mesh: Mesh):
+  """``(weights, alphas, batch_stats, batch) -> (loss sum, top-1 hits)`` with evaluation-mode
+  BatchNorm (running statistics), as the original's ``infer``."""
+  replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+
+  def step(weights, alphas, batch_stats, data):
+    loss, aux = eval_loss(weights, alphas, batch_stats, data)
+    labels = data[1]
+    return (loss * labels.shape[0],
+            jnp.sum(jnp.argmax(aux.logits, -1) == labels).astype(jnp.int32))
+
+  return jax.jit(step, in_shardings=(replicated, replicated, replicated, batch),
+                 out_shardings=replicated)
+

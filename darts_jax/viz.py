@@ -1,0 +1,284 @@
+"""Pictures of a search: the derived cells as graphs and the softmaxed alphas as heatmaps/curves.
+
+matplotlib and the ``graphviz`` Python package are optional (``pip install 'darts_jax[viz]'``), so
+they are imported inside the functions that need them: importing this module costs nothing and a
+training script without them fails only when it asks for a picture. The graphviz ``dot`` program is
+optional too: :func:`save_genotype_graphs` always writes the DOT source and renders a PNG only when
+``dot`` is installed and works.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import subprocess
+import warnings
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+CELLS: tuple[str, ...] = ('normal', 'reduce')
+OUTPUT = 'c_{k}'
+_INPUTS = ('c_{k-2}', 'c_{k-1}')
+_INSTALL_HINT = "pip install 'darts_jax[viz]'"
+
+
+def _require(module: str, what: str) -> Any:
+  """``module`` imported, or an ImportError that says how to get it."""
+  try:
+    return importlib.import_module(module)
+  except ImportError as e:
+    raise ImportError(f'{what} needs the {module.split(".")[0]!r} package: {_INSTALL_HINT}') from e
+
+
+def _check_cell(cell: Any) -> str:
+  if cell not in CELLS:
+    raise ValueError(f'unknown cell {cell!r}; allowed: {CELLS}')
+  return cell
+
+
+def state_name(index: int) -> str:
+  """The name of cell state ``index``: 0 and 1 are the cell inputs, i >= 2 is node i - 2."""
+  return _INPUTS[index] if index < 2 else str(index - 2)
+
+
+def _steps_for_edges(num_edges: Any) -> int:
+  """The node count whose edges (2 + 3 + ... + (steps + 1)) number ``num_edges``."""
+  if not isinstance(num_edges, (int, np.integer)) or isinstance(num_edges, bool):
+    raise ValueError(f'the number of edges must be an int, got {num_edges!r}')
+  steps, total = 0, 0
+  while total < num_edges:
+    total += steps + 2
+    steps += 1
+  if steps == 0 or total != num_edges:
+    raise ValueError(f'{num_edges} edges is no cell: node i has i + 2 inputs, so a cell has '
+                     f'2, 5, 9, 14, 20, ... edges (2 + 3 + ... + (steps + 1))')
+  return steps
+
+
+def edge_names(num_edges: int) -> list[str]:
+  """Names of the alpha rows, in the supernet's order: ``'1<-c_{k-2}'`` is node 1's first input."""
+  steps = _steps_for_edges(num_edges)
+  return [f'{node}<-{state_name(j)}' for node in range(steps) for j in range(node + 2)]
+
+
+def genotype_dot(genotype: Any, cell: str) -> Any:
+  """The ``cell`` ('normal' or 'reduce') of ``genotype`` as a left-to-right ``graphviz.Digraph``.
+
+  Nodes are the inputs ``c_{k-2}``, ``c_{k-1}``, the intermediate nodes ``0``, ``1``, ... and the
+  output ``c_{k}``; each (op, input) pair is an edge labelled with the op, and every state in the
+  concat list has an unlabelled edge into ``c_{k}``.
+  """
+  _check_cell(cell)
+  graphviz = _require('graphviz', 'genotype_dot')
+  pairs = list(getattr(genotype, cell))
+  concat = list(getattr(genotype, cell + '_concat'))
+  if len(pairs) % 2:
+    raise ValueError(f'genotype {cell}: needs two (op, input) pairs per node, got {len(pairs)}')
+  steps = len(pairs) // 2
+
+  dot = graphviz.Digraph(
+      name=f'{cell}_cell', format='png',
+      graph_attr={'rankdir': 'LR'},
+      node_attr={'style': 'filled', 'shape': 'box', 'align': 'center', 'fontname': 'helvetica',
+                 'fontsize': '20', 'height': '0.5', 'width': '0.5', 'penwidth': '2'},
+      edge_attr={'fontname': 'helvetica', 'fontsize': '16'})
+  for name in _INPUTS:
+    dot.node(name, fillcolor='darkseagreen2')
+  for node in range(steps):
+    dot.node(str(node), fillcolor='lightblue')
+  dot.node(OUTPUT, fillcolor='palegoldenrod')
+
+  for i, (op, j) in enumerate(pairs):
+    node = i // 2
+    if not 0 <= j < node + 2:
+      raise ValueError(f'genotype {cell}: node {node} takes input {j} ({op!r}); allowed inputs '
+                       f'are 0..{node + 1}')
+    dot.edge(state_name(j), str(node), label=op)
+  for c in concat:
+    if not 0 <= c < steps + 2:
+      raise ValueError(f'genotype {cell}_concat: {c} is not a state index 0..{steps + 1}')
+    dot.edge(state_name(c), OUTPUT, color='gray40')
+  return dot
+
+
+def _render_png(dot_exe: str, gv_path: str, png_path: str) -> bool:
+  """Runs ``dot``; False (with a warning) when it fails, since a picture is never worth a crash."""
+  try:
+    subprocess.run([dot_exe, '-Tpng', gv_path, '-o', png_path], check=True,
+                   capture_output=True, timeout=120)
+  except (OSError, subprocess.SubprocessError) as e:
+    detail = getattr(e, 'stderr', None)
+    detail = detail.decode(errors='replace').strip() if isinstance(detail, bytes) else str(e)
+    warnings.warn(f'graphviz dot could not render {gv_path}: {detail or e}; kept the DOT source',
+                  RuntimeWarning, stacklevel=3)
+    return False
+  return os.path.exists(png_path)
+
+
+def save_genotype_graphs(genotype: Any, directory: str | os.PathLike, stem: str
+                         ) -> dict[str, Any]:
+  """Writes ``{stem}_normal.gv`` and ``{stem}_reduce.gv`` in ``directory``, plus a ``.png`` of each
+  when the graphviz ``dot`` program is installed and works.
+
+  Returns ``{'normal': path, 'reduce': path, 'rendered': bool}``, each path the PNG when it was
+  rendered, else the DOT source; ``rendered`` is True only when both PNGs were.
+  """
+  os.makedirs(directory, exist_ok=True)
+  # looked up at call time (not import time) so installing dot mid-run, or a test, takes effect
+  dot_exe = shutil.which('dot')
+  out: dict[str, Any] = {}
+  rendered = dot_exe is not None
+  for cell in CELLS:
+    gv_path = os.path.join(os.fspath(directory), f'{stem}_{cell}.gv')
+    with open(gv_path, 'w', encoding='utf-8') as f:
+      f.write(genotype_dot(genotype, cell).source)
+    out[cell] = gv_path
+    if dot_exe is not None:
+      png_path = os.path.join(os.fspath(directory), f'{stem}_{cell}.png')
+      if _render_png(dot_exe, gv_path, png_path):
+        out[cell] = png_path
+      else:
+        rendered = False
+  out['rendered'] = rendered
+  return out
+
+
+def _cell_weights(alphas: Any, primitives: Sequence[str], where: str = 'alphas'
+                  ) -> dict[str, np.ndarray]:
+  """``alphas`` as ``{cell: float array (E, O)}`` in CELLS order, checked against ``primitives``."""
+  if not isinstance(alphas, Mapping) or not alphas:
+    got = sorted(alphas) if isinstance(alphas, Mapping) else type(alphas).__name__
+    raise ValueError(f'{where} must be a non-empty dict with keys from {CELLS}, got {got}')
+  unknown = [k for k in alphas if k not in CELLS]
+  if unknown:
+    raise ValueError(f'{where} has unknown cells {unknown}; allowed: {CELLS}')
+  out = {}
+  for cell in CELLS:
+    if cell not in alphas:
+      continue
+    a = np.asarray(alphas[cell], dtype=np.float64)
+    if a.ndim != 2 or a.shape[1] != len(primitives):
+      raise ValueError(f'{where}[{cell!r}] has shape {a.shape}; expected (E, {len(primitives)}): '
+                       f'one row per edge, one column per primitive')
+    try:
+      _steps_for_edges(a.shape[0])
+    except ValueError as e:
+      raise ValueError(f'{where}[{cell!r}] has shape {a.shape}: {e}') from None
+    out[cell] = a
+  return out
+
+
+def _check_primitives(primitives: Sequence[str]) -> list[str]:
+  names = list(primitives)
+  if not names or not all(isinstance(p, str) for p in names):
+    raise ValueError(f'primitives must be a non-empty list of op names, got {primitives!r}')
+  return names
+
+
+def _new_figure(figsize: tuple[float, float]) -> Any:
+  """A Figure on its own Agg canvas: no pyplot state, so calls don't leak and it runs headless."""
+  _require('matplotlib', 'plotting')
+  figure = importlib.import_module('matplotlib.figure')
+  backend_agg = importlib.import_module('matplotlib.backends.backend_agg')
+  fig = figure.Figure(figsize=figsize, layout='constrained')
+  backend_agg.FigureCanvasAgg(fig)
+  return fig
+
+
+def _save(fig: Any, path: str | os.PathLike) -> None:
+  parent = os.path.dirname(os.fspath(path))
+  if parent:
+    os.makedirs(parent, exist_ok=True)
+  fig.savefig(path, format='png', dpi=100)
+
+
+def plot_alpha_heatmaps(alphas: Mapping[str, Any], primitives: Sequence[str],
+                        path: str | os.PathLike, title: str | None = None) -> None:
+  """Side-by-side heatmaps (edges x ops) of each cell's softmaxed alphas, saved as a PNG."""
+  primitives = _check_primitives(primitives)
+  cells = _cell_weights(alphas, primitives)
+  rows = max(a.shape[0] for a in cells.values())
+  fig = _new_figure((len(cells) * (0.75 * len(primitives) + 3.0), 0.4 * rows + 2.5))
+  axes = fig.subplots(1, len(cells), squeeze=False)[0]
+  for ax, (cell, a) in zip(axes, cells.items()):
+    # a fixed 0..1 scale (softmax weights) keeps colours comparable from epoch to epoch
+    vmin, vmax = min(0.0, float(a.min())), max(1.0, float(a.max()))
+    im = ax.imshow(a, cmap='viridis', vmin=vmin, vmax=vmax, aspect='auto')
+    ax.set_xticks(range(len(primitives)), labels=primitives, rotation=45, ha='right',
+                  rotation_mode='anchor')
+    ax.set_yticks(range(a.shape[0]), labels=edge_names(a.shape[0]))
+    ax.set_title(f'{cell} cell')
+    middle = (vmin + vmax) / 2
+    for (e, k), v in np.ndenumerate(a):
+      ax.text(k, e, f'{v:.2f}', ha='center', va='center', fontsize=7,
+              color='black' if v > middle else 'white')
+    fig.colorbar(im, ax=ax, shrink=0.8)
+  if title:
+    fig.suptitle(title)
+  _save(fig, path)
+
+
+def _history_weights(history: Sequence[Mapping[str, Any]], primitives: Sequence[str]
+                     ) -> dict[str, np.ndarray]:
+  """``{cell: array (T, E, O)}`` from T epochs of alphas, which must agree in cells and shapes."""
+  if isinstance(history, Mapping) or not isinstance(history, Sequence) or not history:
+    raise ValueError('history must be a non-empty list with one alphas dict per epoch, got '
+                     f'{type(history).__name__}')
+  epochs = [_cell_weights(h, primitives, where=f'history[{t}]') for t, h in enumerate(history)]
+  first = {cell: a.shape for cell, a in epochs[0].items()}
+  for t, epoch in enumerate(epochs[1:], start=1):
+    shapes = {cell: a.shape for cell, a in epoch.items()}
+    if shapes != first:
+      raise ValueError(f'history[{t}] has cells/shapes {shapes}; expected {first} as in history[0]')
+  return {cell: np.stack([e[cell] for e in epochs]) for cell in first}
+
+
+def plot_alpha_evolution(history: Sequence[Mapping[str, Any]], primitives: Sequence[str],
+                         path: str | os.PathLike, steps: Sequence[float] | None = None) -> None:
+  """Each edge's softmaxed op weights over the epochs of ``history``, saved as a PNG.
+
+  One panel grid per cell, laid out like the cell: row i is node i, column j its input j (so row i
+  has i + 2 panels); one line per op, with a legend of the primitives shared by all panels. The x
+  axis is the epoch index, or ``steps`` (one value per entry of ``history``).
+  """
+  primitives = _check_primitives(primitives)
+  cells = _history_weights(history, primitives)
+  n = len(history)
+  x = np.arange(n) if steps is None else np.asarray(steps, dtype=np.float64)
+  if x.shape != (n,):
+    raise ValueError(f'steps has shape {x.shape}; expected ({n},), one value per history entry')
+
+  nodes = max(_steps_for_edges(a.shape[1]) for a in cells.values())
+  panel = 1.6
+  fig = _new_figure((len(cells) * (nodes + 1) * panel + 0.5, nodes * panel + 1.2))
+  subfigs = np.atleast_1d(fig.subfigures(1, len(cells)))
+  colours = importlib.import_module('matplotlib').colormaps[
+      'tab10' if len(primitives) <= 10 else 'tab20']
+  marker = 'o' if n == 1 else None  # a single epoch would otherwise draw nothing visible
+  handles = []
+  for sub, (cell, a) in zip(subfigs, cells.items()):
+    sub.suptitle(f'{cell} cell')
+    sub.supxlabel('epoch' if steps is None else 'step', fontsize=9)
+    sub.supylabel('softmax weight', fontsize=9)
+    cell_nodes = _steps_for_edges(a.shape[1])
+    grid = sub.subplots(cell_nodes, cell_nodes + 1, squeeze=False, sharex=True, sharey=True)
+    names = edge_names(a.shape[1])
+    e = 0
+    for node in range(cell_nodes):
+      for j in range(cell_nodes + 1):
+        ax = grid[node, j]
+        if j >= node + 2:
+          ax.set_axis_off()
+          continue
+        lines = [ax.plot(x, a[:, e, k], color=colours(k % colours.N), marker=marker,
+                         linewidth=1.2)[0] for k in range(len(primitives))]
+        handles = handles or lines
+        ax.set_title(names[e], fontsize=8)
+        ax.set_ylim(min(0.0, float(a.min())), max(1.0, float(a.max())))
+        ax.tick_params(labelsize=6)
+        e += 1
+  fig.legend(handles, primitives, loc='outside lower center', ncol=min(len(primitives), 8),
+             fontsize=8)
+  _save(fig, path)

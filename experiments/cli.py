@@ -1,0 +1,61 @@
+"""Command-line plumbing shared by the experiment scripts: absl flags with an ml_collections
+config file (``--config=FILE[:preset]`` plus ``--config.key=value`` overrides) and a
+``--workdir``, where every parsing problem becomes one line on stderr, not a traceback."""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Callable, Sequence
+
+from absl import flags
+from ml_collections import config_flags
+
+
+class UsageError(Exception):
+  """A bad command line; the message is one line that names the bad value."""
+
+
+def _last_line(error: BaseException) -> str:
+  # ml_collections wraps errors from get_config() and override parsing with their traceback
+  # text; the last line is the one that names the problem
+  lines = [l.strip() for l in str(error).splitlines() if l.strip()]
+  text = lines[-1] if lines else type(error).__name__
+  return re.sub(r'^\w+(Error|Exception): ', '', text)
+
+
+def parse(argv: Sequence[str], default_config: str):
+  """``(config dict, workdir)`` from ``argv`` (``argv[0]`` is the program)."""
+  values = flags.FlagValues()
+  try:
+    config = config_flags.DEFINE_config_file(
+        'config', default_config, 'Config file, optionally followed by :preset.',
+        flag_values=values, lock_config=True, sys_argv=list(argv))
+    workdir = flags.DEFINE_string('workdir', None, 'Directory holding everything the run writes.',
+                                  flag_values=values)
+    rest = values(list(argv))
+  except (KeyError, AttributeError) as e:  # an override of a key the config does not have
+    raise UsageError(f'unknown config key {_last_line(e).strip(chr(34))} (the keys are listed '
+                     f'in {default_config})') from None
+  except (flags.Error, ValueError, TypeError) as e:
+    raise UsageError(_last_line(e)) from None
+  if len(rest) > 1:
+    raise UsageError(f'unexpected arguments: {" ".join(rest[1:])}')
+  if not workdir.value:
+    raise UsageError('--workdir is required (the directory that holds the run)')
+  return config.value.to_dict(), workdir.value
+
+
+def main(run: Callable[[dict, str], object], default_config: str,
+         argv: Sequence[str] | None = None) -> int:
+  """Parses, runs, and maps the library's input errors to exit status 2 with one line."""
+  from darts_jax.data import DataError
+  try:
+    config, workdir = parse(sys.argv if argv is None else argv, default_config)
+    run(config, workdir)
+  except (UsageError, ValueError, DataError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    return 130
+  return 0

@@ -1,0 +1,136 @@
+"""The search as a run: a tiny search on a fake CIFAR-10 archive in the real format, bitwise
+resume, the NaN guard, and clear one-line errors for bad input (nothing overwritten)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from darts_jax import checkpoint as ckpt_lib
+from darts_jax.data import DataError
+from darts_jax.search_loop import NonFiniteError, run_search
+from experiments.configs.search import get_config
+from test_data import fake_batches, write_archive
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def fast_compile():
+  previous = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', True)
+  yield
+  jax.config.update('jax_disable_most_optimizations', previous)
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  d = tmp_path_factory.mktemp('cifar')
+  write_archive(d / 'cifar-10-python.tar.gz', fake_batches(rows=16))  # 80 training images
+  return str(d)
+
+
+def micro_config(data_dir, **overrides):
+  """The tiny preset shrunk further: 2 cells of 2 nodes, C=2, 40 + 40 images, 2 epochs x 5."""
+  c = get_config('tiny').to_dict()
+  c.update(data_dir=data_dir, download=False, max_examples=0, layers=2, init_channels=2,
+           steps=2, multiplier=2, batch_size=8, estimator='first_order', log_every=1,
+           checkpoint_every=2, progress=False, plots=False)
+  c.update(overrides)
+  return c
+
+
+def _leaves(state):
+  return jax.tree_util.tree_leaves(jax.device_get(state))
+
+
+def test_tiny_search_runs_and_resumes_bitwise(data_dir, tmp_path):
+  config = micro_config(data_dir)
+  full = run_search(config, str(tmp_path / 'full'), log=lambda s: None)
+  assert full.finished and int(full.state.step) == 10
+  for name in ('genotype.json', 'genotype.txt', 'alphas.npz', 'metrics.jsonl', 'config.json'):
+    assert os.path.exists(tmp_path / 'full' / name), name
+  with np.load(tmp_path / 'full' / 'alphas.npz') as f:
+    np.testing.assert_array_equal(f['normal'], full.state.alphas['normal'])
+  assert (tmp_path / 'full' / 'genotype.txt').read_text().strip() == full.genotype.to_string()
+  assert any(f.startswith('events') for f in os.listdir(tmp_path / 'full' / 'tensorboard'))
+  records = [json.loads(l) for l in open(tmp_path / 'full' / 'metrics.jsonl')]
+  epochs = [r for r in records if r['kind'] == 'epoch']
+  assert [r['epoch'] for r in epochs] == [1, 2]
+  # softmaxed alphas in the record are the softmax of the state's alphas
+  a = np.asarray(full.state.alphas['reduce'], np.float64)
+  np.testing.assert_allclose(epochs[-1]['alphas_softmax']['reduce'],
+                             np.exp(a) / np.exp(a).sum(-1, keepdims=True), rtol=1e-5)
+
+  # interrupted mid-epoch after 3 steps, then resumed: the same final state, bit for bit
+  part = run_search(config, str(tmp_path / 'resumed'), max_steps=3, log=lambda s: None)
+  assert not part.finished and int(part.state.step) == 3
+  resumed = run_search(config, str(tmp_path / 'resumed'), log=lambda s: None)
+  assert resumed.finished
+  for x, y in zip(_leaves(full.state), _leaves(resumed.state), strict=True):
+    np.testing.assert_array_equal(x, y)
+  assert resumed.genotype == full.genotype
+  again = [json.loads(l) for l in open(tmp_path / 'resumed' / 'metrics.jsonl')]
+  strip = lambda rs: [{k: v for k, v in r.items() if k != 'seconds'} for r in rs
+                      if r['kind'] == 'epoch']
+  assert strip(again) == strip(records)
+
+  # the same workdir with an incompatible config: a clear error, nothing overwritten
+  before = (tmp_path / 'full' / 'config.json').read_text()
+  with pytest.raises(ValueError, match=r"different config \(batch_size: 8 -> 4\)"):
+    run_search(dict(config, batch_size=4), str(tmp_path / 'full'), log=lambda s: None)
+  assert (tmp_path / 'full' / 'config.json').read_text() == before
+
+
+def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(data_dir,
+                                                                               tmp_path):
+  # a learning rate of 1e30 overflows the weight gradients within a few steps
+  config = micro_config(data_dir, w_lr=1e30, checkpoint_every=1)
+  with pytest.raises(NonFiniteError, match=r'non-finite loss or gradient at step (\d+)') as e:
+    run_search(config, str(tmp_path / 'run'), log=lambda s: None)
+  bad = int(str(e.value).split('at step ')[1].split()[0])
+  checkpoints = ckpt_lib.Checkpoints(str(tmp_path / 'run' / 'checkpoints'))
+  assert bad >= 1 and checkpoints.latest_step() == bad  # the state just before the bad step
+  assert f'Last good checkpoint: step {bad}' in str(e.value)
+  latest = checkpoints.manager.restore(bad)['state']
+  assert all(np.all(np.isfinite(v)) for v in latest.values() if np.issubdtype(v.dtype, np.floating))
+
+
+def test_missing_archive_is_a_clear_error_and_writes_nothing(tmp_path):
+  with pytest.raises(DataError, match='cifar-10-python.tar.gz'):
+    run_search(micro_config(str(tmp_path / 'empty')), str(tmp_path / 'run'), log=lambda s: None)
+  assert not (tmp_path / 'run').exists()
+
+
+def _cli(*args, devices=1):
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+             JAX_PLATFORMS='cpu')
+  return subprocess.run([sys.executable, '-m', 'experiments.cifar_search', *args], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--config=experiments/configs/search.py:huge'], "unknown preset 'huge'; allowed: paper"),
+    (['--config.no_such_key=1'], 'no_such_key'),
+    (['--config.estimator=second'], "estimator='second' is unknown; allowed: first_order"),
+])
+def test_cli_bad_input(tmp_path, args, message):
+  result = _cli(*args, f'--workdir={tmp_path / "run"}')
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert 'Traceback' not in result.stderr
+  assert not (tmp_path / 'run').exists()
+
+
+def test_cli_batch_not_divisible_by_devices(data_dir, tmp_path):
+  result = _cli('--config=experiments/configs/search.py:tiny', f'--config.data_dir={data_dir}',
+                '--config.max_examples=0', '--config.batch_size=6', '--config.num_devices=4',
+                f'--workdir={tmp_path / "run"}', devices=4)
+  assert result.returncode == 2, result.stderr
+  assert 'batch_size=6 is not divisible by the number of devices (4)' in result.stderr
+  assert 'Traceback' not in result.stderr
+  assert not (tmp_path / 'run').exists()
