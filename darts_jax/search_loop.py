@@ -44,7 +44,6 @@ class SearchResult(NamedTuple):
   genotype: Genotype
   best_genotype: Genotype | None
   best_val_acc: float | None
-  finished: bool  # False when stopped early by ``max_steps``
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,11 +142,11 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
               leave=True, file=sys.stderr)
 
 
-def run_search(cfg: Mapping, workdir: str, *, max_steps: int | None = None,
+def run_search(cfg: Mapping, workdir: str, *,
                log: Callable[[str], None] = print) -> SearchResult:
   """Runs (or resumes) the search described by ``cfg`` (see ``experiments/configs/search.py``)
-  in ``workdir``. ``max_steps`` stops early after that many total steps, leaving a checkpoint
-  (as an interruption would); calling again resumes.
+  in ``workdir``. An interruption or error checkpoints the steps done so far before it
+  propagates; calling again resumes.
   """
   cfg = dict(cfg)
   _check_config(cfg)
@@ -259,11 +258,6 @@ def run_search(cfg: Mapping, workdir: str, *, max_steps: int | None = None,
                        {'train/loss_running': m.train_loss / m.steps})
         if cfg['checkpoint_every'] and step % cfg['checkpoint_every'] == 0 and step % spe:
           save()
-        if max_steps is not None and step >= max_steps and step % spe:
-          bar.close()
-          save()
-          log(f'stopped after step {step} (max_steps); rerun to resume')
-          return SearchResult(jax.device_get(state), genotype, None, None, False)
       bar.close()
       guard()
       record, genotype = _end_of_epoch(cfg, hp, state, epoch, eval_fn, val_set, batch,
@@ -277,13 +271,12 @@ def run_search(cfg: Mapping, workdir: str, *, max_steps: int | None = None,
       log(_epoch_report(record, primitives))
       pictures.draw(epoch + 1, genotype, history)
       save()
-      if max_steps is not None and step >= max_steps and step < total:
-        log(f'stopped after step {step} (max_steps); rerun to resume')
-        return SearchResult(jax.device_get(state), genotype, None, None, False)
-  except KeyboardInterrupt:
-    last = checkpoints.latest_step()
-    log(f'interrupted at step {step}; last checkpoint: step {last}. Rerun the same command '
-        'to resume.')
+  except (KeyboardInterrupt, Exception) as e:
+    if not isinstance(e, NonFiniteError):
+      _save_on_the_way_out(state, checkpoints, save, log)
+    if isinstance(e, KeyboardInterrupt):
+      log(f'interrupted; last checkpoint: step {checkpoints.latest_step()}. Rerun the same '
+          'command to resume.')
     raise
   finally:
     writer.close()
@@ -296,7 +289,18 @@ def run_search(cfg: Mapping, workdir: str, *, max_steps: int | None = None,
         f'{best_genotype.to_string()}')
     _write_atomic(os.path.join(workdir, 'best_genotype.txt'), best_genotype.to_string() + '\n')
   return SearchResult(jax.device_get(state), genotype, best_genotype,
-                      None if best is None else best['val_acc'], True)
+                      None if best is None else best['val_acc'])
+
+
+def _save_on_the_way_out(state, checkpoints, save, log) -> None:
+  """Keeps the steps done since the last checkpoint when a run stops on an interruption or an
+  error. An interruption inside a step may leave the state's buffers donated to a step that
+  never finished; then the previous checkpoint is all there is."""
+  try:
+    if checkpoints.latest_step() != int(state.step):
+      save()
+  except (RuntimeError, ValueError, NonFiniteError) as e:
+    log(f'could not checkpoint the state on the way out ({type(e).__name__}: {e})')
 
 
 def _end_of_epoch(cfg, hp, state, epoch, eval_fn, val_set, batch, primitives, net, seconds):
