@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,8 +30,6 @@ from darts_jax.supernet import (SupernetConfig, check_image_size, init_alphas, i
 # config keys that may change between a run and its resumption (they do not change results)
 MAY_DIFFER = ('log_every', 'checkpoint_every', 'keep_checkpoints', 'plots', 'tensorboard',
               'progress', 'data_dir', 'download')
-ESTIMATOR_KEYS = ('estimator', 'unrolled_steps', 'remat', 'fd_r', 'implicit_solver',
-                  'implicit_maxiter', 'implicit_damping', 'neumann_terms', 'neumann_lr')
 DTYPES = ('float32', 'float64')
 
 
@@ -44,14 +42,6 @@ class SearchResult(NamedTuple):
   genotype: Genotype
   best_genotype: Genotype | None
   best_val_acc: float | None
-
-
-@dataclasses.dataclass(frozen=True)
-class SearchPlan:
-  """Everything derived from the config before any data is read."""
-  hp: search_lib.SearchHParams
-  net: SupernetConfig
-  dtype: Any
 
 
 def hparams_from_config(cfg: Mapping, steps_per_epoch: int) -> search_lib.SearchHParams:
@@ -73,9 +63,7 @@ def _check_config(cfg: Mapping) -> None:
                        f'{"all" if name in ("max_examples", "eval_batches", "num_devices") else "off"})')
   if not 0 < cfg['train_portion'] < 1:
     raise ValueError(f"train_portion={cfg['train_portion']!r}: must be in (0, 1)")
-  if cfg['estimator'] not in search_lib.ESTIMATORS:
-    raise ValueError(f"estimator={cfg['estimator']!r} is unknown; allowed: "
-                     f"{', '.join(search_lib.ESTIMATORS)}")
+  hparams_from_config(cfg, steps_per_epoch=1)  # the optimiser settings, before any data is read
 
 
 def _subset(dataset: data_lib.Dataset, n: int) -> data_lib.Dataset:
@@ -166,7 +154,7 @@ def run_search(cfg: Mapping, workdir: str, *,
                        f'{name} half of {cfg["dataset"]!r}')
   spe = data_lib.steps_per_epoch(len(train_set.labels), batch)
   hp = hparams_from_config(cfg, spe)
-  mesh = search_lib.make_mesh(cfg['num_devices'] or 1)
+  mesh = search_lib.make_mesh(cfg['num_devices'] or None)  # 0: every device
   search_lib.check_batch_divisible(batch, mesh)
   primitives = tuple(cfg['primitives']) if cfg.get('primitives') else PRIMITIVES
   net = SupernetConfig(C=cfg['init_channels'], num_classes=full.num_classes,
@@ -179,8 +167,8 @@ def run_search(cfg: Mapping, workdir: str, *,
 
   resumed = ckpt_lib.check_run_config(workdir, cfg, MAY_DIFFER)
   mean, std = full.mean, full.std
-  preprocess = lambda key, images: data_lib.augment(key, images, mean, std,
-                                                    cfg['crop_padding'], cfg['flip'])
+  preprocess = lambda key, images: data_lib.augment(
+      key, images, mean, std, cfg['crop_padding'], cfg['flip']).astype(dtype)
   loss, eval_loss = make_loss(net), make_loss(net, train=False)
   step_fn = search_lib.jit_search_step(hp, loss, mesh, preprocess)
   eval_fn = search_lib.jit_eval_step(
