@@ -14,6 +14,7 @@ import pytest
 from darts_jax import interop
 from darts_jax.reference import NOT_COMPUTED, PASS
 from darts_jax.supernet import SupernetConfig, supernet_shapes
+from conftest import FAST_COMPILE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,10 +25,13 @@ def cli_run(reference_path, tmp_path_factory):
   out = tmp_path_factory.mktemp('verify') / 'report.json'
   # unlike the rest of the suite (compile-bound, see conftest.py), the reference checks run
   # float64 convolutions for minutes: they get XLA's optimised code
-  flags = os.environ.get('XLA_FLAGS', '').replace('--xla_backend_optimization_level=0', '')
+  env = dict(os.environ)
+  flags = [f for f in env.pop('XLA_FLAGS', '').split() if f != FAST_COMPILE]
+  if flags:  # XLA reads an empty or blank XLA_FLAGS as a file name
+    env['XLA_FLAGS'] = ' '.join(flags)
   result = subprocess.run([sys.executable, '-m', 'experiments.verify_reference', reference_path,
-                           '--out', str(out)], cwd=ROOT, env=dict(os.environ, XLA_FLAGS=flags),
-                          capture_output=True, text=True, timeout=3000)
+                           '--out', str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=3000)
   return result, out
 
 
