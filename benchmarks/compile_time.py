@@ -1,6 +1,6 @@
 """Compile time of the supernet's loss and of its gradient (weights and alphas).
 
-  python -m benchmarks.compile_time [--preset small|paper|all] [--depthwise_impl xla|shift]
+  python -m benchmarks.compile_time [--preset small|paper|all] [--depthwise_impl auto|taps|xla]
 
 Prints a table and a JSON line per preset: trace+lower and XLA compile seconds for the loss
 (forward) and for value_and_grad(loss) w.r.t. (weights, alphas), plus the gradient's median run
@@ -59,7 +59,7 @@ def measure(preset: str, impl: str, runs: int = 3) -> dict:
 def main(argv=None):
   parser = argparse.ArgumentParser(prog='python -m benchmarks.compile_time')
   parser.add_argument('--preset', choices=[*PRESETS, 'all'], default='all')
-  parser.add_argument('--depthwise_impl', choices=['auto', 'xla', 'shift'], default='auto')
+  parser.add_argument('--depthwise_impl', choices=['auto', 'taps', 'xla'], default='auto')
   args = parser.parse_args(argv)
   presets = list(PRESETS) if args.preset == 'all' else [args.preset]
   print(f'{"preset":8} {"loss lower+compile":>20} {"grad lower+compile":>20} {"grad step":>10}')

@@ -133,16 +133,20 @@ def _check_inner_state(inner: optax.GradientTransformation, inner_state, w):
 # ----------------------------------------------------------------------------------------------
 
 
+# Both products are reverse-over-reverse, d/dw <grad_w f, v>: never a dense Hessian, and valid
+# for ops that define only reverse-mode derivatives (the CPU depthwise convolution does).
+
+
 def hvp(f: LossFn, w: Pytree, alpha: Pytree, v: Pytree) -> Pytree:
-  """(d^2 f / dw dw) v, forward-over-reverse: never a dense Hessian."""
+  """(d^2 f / dw dw) v."""
   _check_same_structure(w, v, 'w', 'v')
-  return jax.jvp(lambda w_: jax.grad(f)(w_, alpha), (w,), (v,))[1]
+  return jax.grad(lambda w_: tree_vdot(jax.grad(f)(w_, alpha), v))(w)
 
 
 def mixed_hvp(f: LossFn, w: Pytree, alpha: Pytree, v: Pytree) -> Pytree:
-  """(d^2 f / dalpha dw) v: how grad_alpha f changes when w moves along v (forward-over-reverse)."""
+  """(d^2 f / dalpha dw) v: how grad_alpha f changes when w moves along v."""
   _check_same_structure(w, v, 'w', 'v')
-  return jax.jvp(lambda w_: jax.grad(f, argnums=1)(w_, alpha), (w,), (v,))[1]
+  return jax.grad(lambda a_: tree_vdot(jax.grad(f)(w, a_), v))(alpha)
 
 
 def inner_step(train_loss: LossFn, w: Pytree, alpha: Pytree, inner: optax.GradientTransformation,
@@ -285,7 +289,7 @@ def implicit(train_loss: LossFn, val_loss: LossFn, w: Pytree, alpha: Pytree,
       grad_alpha L_val - (d^2 L_train / dalpha dw) [d^2 L_train / dw dw + damping I]^-1 grad_w L_val
 
   with the inverse applied by conjugate gradient (``solver='cg'``) or a truncated Neumann series
-  (``solver='neumann'``), Hessian-vector products forward-over-reverse. A solve that does not
+  (``solver='neumann'``), Hessian-vector products reverse-over-reverse. A solve that does not
   reach ``tol`` reports ``converged=False`` and its residual in aux.
   """
   if solver not in ('cg', 'neumann'):

@@ -27,9 +27,15 @@ from darts_jax.supernet import SupernetConfig, make_loss, supernet_shapes
 
 PASS, FAIL, NOT_COMPUTED = 'pass', 'fail', 'not yet computed'
 
-# float64 tolerances (relative, max-norm)
-TOLERANCES = {'logits': 1e-9, 'loss': 1e-9, 'gradient': 1e-8, 'finite_difference': 1e-6,
-              'step': 1e-8}
+# tolerances (relative, max-norm) per dtype of the recomputation; float32 checks a backend's
+# lowering (e.g. on a GPU) against round-off, float64 checks the semantics exactly
+TOLERANCES_BY_DTYPE = {
+    'float64': {'logits': 1e-9, 'loss': 1e-9, 'gradient': 1e-8, 'finite_difference': 1e-6,
+                'step': 1e-8},
+    'float32': {'logits': 1e-4, 'loss': 1e-4, 'gradient': 1e-3, 'finite_difference': 1e-2,
+                'step': 1e-3},
+}
+TOLERANCES = TOLERANCES_BY_DTYPE['float64']
 
 # second-order quantities: (file key, estimator, with the momentum buffer)
 _SECOND_ORDER = (('hypergrad_exact_nomomentum', 'unrolled', False),
@@ -109,7 +115,16 @@ def _eval_apply(model: NetworkCIFAR):
   return apply
 
 
-def _check(report, name, ours, ref, tol):
+class _Quantities(dict):
+  """name -> result; knows the tolerances of the dtype being checked."""
+
+  def __init__(self, tolerances: Mapping[str, float]):
+    super().__init__()
+    self.tolerances = dict(tolerances)
+
+
+def _check(report: _Quantities, name, ours, ref, kind: str):
+  tol = report.tolerances[kind]
   err = relative_error(ours, ref)
   report[name] = {'status': PASS if err <= tol else FAIL, 'rel_err': err, 'tol': tol}
 
@@ -117,7 +132,7 @@ def _check(report, name, ours, ref, tol):
 def _verify_search(ref: Mapping[str, np.ndarray], meta, report) -> None:
   config = search_config(meta)
   x_train = _nchw_to_nhwc(ref['search/x_train'])
-  shapes = supernet_shapes(config, x_train.shape[1:3], jnp.float64)
+  shapes = supernet_shapes(config, x_train.shape[1:3], x_train.dtype)
   named = {k[len('search/w/'):]: v for k, v in ref.items() if k.startswith('search/w/')}
   variables = interop.from_original(named, {'params': shapes.weights,
                                             'batch_stats': shapes.batch_stats},
@@ -133,10 +148,10 @@ def _verify_search(ref: Mapping[str, np.ndarray], meta, report) -> None:
   (loss_val, _), (_, g_a_val) = value_and_grad(weights, alphas, stats, val)
 
   _check(report, 'search/logits_train', aux.logits, ref['search/logits_train'],
-         TOLERANCES['logits'])
-  _check(report, 'search/loss_train', loss_train, ref['search/loss_train'], TOLERANCES['loss'])
+         'logits')
+  _check(report, 'search/loss_train', loss_train, ref['search/loss_train'], 'loss')
   if 'search/loss_val' in ref:
-    _check(report, 'search/loss_val', loss_val, ref['search/loss_val'], TOLERANCES['loss'])
+    _check(report, 'search/loss_val', loss_val, ref['search/loss_val'], 'loss')
   g_named = interop.to_original({'params': g_w}, steps=config.steps,
                                  primitives=config.primitives)
   ref_g = {k[len('search/grad_w_train/'):]: v for k, v in ref.items()
@@ -144,20 +159,20 @@ def _verify_search(ref: Mapping[str, np.ndarray], meta, report) -> None:
   if ref_g:
     if set(ref_g) != set(g_named):
       report['search/grad_w_train'] = {'status': FAIL, 'rel_err': float('inf'),
-                                       'tol': TOLERANCES['gradient'],
+                                       'tol': report.tolerances['gradient'],
                                        'detail': 'parameter names differ'}
     else:
       names = sorted(ref_g)
       _check(report, 'search/grad_w_train',
              np.concatenate([np.ravel(g_named[n]) for n in names]),
-             np.concatenate([np.ravel(ref_g[n]) for n in names]), TOLERANCES['gradient'])
+             np.concatenate([np.ravel(ref_g[n]) for n in names]), 'gradient')
   if 'search/grad_alphas_train' in ref:
     _check(report, 'search/grad_alphas_train', np.stack([g_a['normal'], g_a['reduce']]),
-           ref['search/grad_alphas_train'], TOLERANCES['gradient'])
+           ref['search/grad_alphas_train'], 'gradient')
   if 'search/hypergrad_first_order' in ref:
     _check(report, 'search/hypergrad_first_order', np.stack([g_a_val['normal'],
                                                              g_a_val['reduce']]),
-           ref['search/hypergrad_first_order'], TOLERANCES['gradient'])
+           ref['search/hypergrad_first_order'], 'gradient')
   m = meta['search']
   momentum_named = {k[len('search/momentum/'):]: v for k, v in ref.items()
                     if k.startswith('search/momentum/')}
@@ -175,9 +190,9 @@ def _verify_search(ref: Mapping[str, np.ndarray], meta, report) -> None:
     run = _second_order(config, method, m.get('weight_decay', 3e-4), m.get('momentum', 0.9),
                         m.get('fd_r', 0.01))
     g = run(weights, alphas, stats, train, val, buffers[with_momentum], m.get('xi', 0.025))
-    tol = TOLERANCES['gradient' if method == 'unrolled' else 'finite_difference']
+    kind = 'gradient' if method == 'unrolled' else 'finite_difference'
     _check(report, f'search/{name}', np.stack([g['normal'], g['reduce']]), ref[f'search/{name}'],
-           tol)
+           kind)
   if any(k.startswith('search/step/') for k in ref):
     _verify_step(ref, m, config, weights, alphas, stats, train, val, report)
 
@@ -190,21 +205,22 @@ def _verify_step(ref, m, config, weights, alphas, stats, train, val, report) -> 
   new, _ = _search_step(config, hp)(state, train, val)
   for cell in ('normal', 'reduce'):
     _check(report, f'search/step/alphas_{cell}', new.alphas[cell], ref[f'search/step/alphas_{cell}'],
-           TOLERANCES['step'])
+           'step')
   if 'search/step/loss_train' in ref:
     _check(report, 'search/step/loss_train', new.metrics.train_loss,
-           ref['search/step/loss_train'], TOLERANCES['step'])
+           ref['search/step/loss_train'], 'step')
   ref_w = {k[len('search/step/w/'):]: v for k, v in ref.items() if k.startswith('search/step/w/')}
   if ref_w:
     w_named = interop.to_original({'params': new.weights}, steps=config.steps,
                                   primitives=config.primitives)
     if set(ref_w) != set(w_named):
       report['search/step/w'] = {'status': FAIL, 'rel_err': float('inf'),
-                                 'tol': TOLERANCES['step'], 'detail': 'parameter names differ'}
+                                 'tol': report.tolerances['step'],
+                                 'detail': 'parameter names differ'}
     else:
       names = sorted(ref_w)
       _check(report, 'search/step/w', np.concatenate([np.ravel(w_named[n]) for n in names]),
-             np.concatenate([np.ravel(ref_w[n]) for n in names]), TOLERANCES['step'])
+             np.concatenate([np.ravel(ref_w[n]) for n in names]), 'step')
 
 
 def _eval_genotype(spec) -> Genotype:
@@ -223,12 +239,12 @@ def _verify_eval(ref: Mapping[str, np.ndarray], meta, report) -> None:
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, True))
   variables = interop.from_original(named, shapes, steps=len(model.genotype.normal) // 2)
   logits_eval, logits_train, logits_aux = _eval_apply(model)(variables, x)
-  _check(report, 'eval/logits_eval', logits_eval, ref['eval/logits_eval'], TOLERANCES['logits'])
+  _check(report, 'eval/logits_eval', logits_eval, ref['eval/logits_eval'], 'logits')
   _check(report, 'eval/logits_train', logits_train, ref['eval/logits_train'],
-         TOLERANCES['logits'])
+         'logits')
   if 'eval/logits_aux_train' in ref:
     _check(report, 'eval/logits_aux_train', logits_aux, ref['eval/logits_aux_train'],
-           TOLERANCES['logits'])
+           'logits')
 
 
 def _verify_genotypes(ref, meta) -> dict:
@@ -246,24 +262,29 @@ def _verify_genotypes(ref, meta) -> dict:
           'total': total, 'mismatches': mismatches}
 
 
-def verify(path: str) -> dict:
+def verify(path: str, dtype: str = 'float64') -> dict:
   """Recomputes every quantity of the reference file at ``path``; returns the report dict.
 
-  Needs float64 (``jax.config.update('jax_enable_x64', True)``) since the reference is float64.
-  ``report['ok']`` is True only when every quantity in the file was computed and passed.
+  ``dtype='float64'`` (the exact check) needs ``jax.config.update('jax_enable_x64', True)``;
+  ``'float32'`` recomputes in float32 with round-off tolerances. ``report['ok']`` is True only
+  when every quantity in the file was computed and passed.
   """
-  if not jax.config.jax_enable_x64:
-    raise ValueError('verify() compares against float64 references: call '
+  if dtype not in TOLERANCES_BY_DTYPE:
+    raise ValueError(f'dtype={dtype!r}: allowed {", ".join(TOLERANCES_BY_DTYPE)}')
+  if dtype == 'float64' and not jax.config.jax_enable_x64:
+    raise ValueError('verify() in float64 needs x64: call '
                      "jax.config.update('jax_enable_x64', True) first")
   try:
     with np.load(path, allow_pickle=False) as f:
       ref = {k: f[k] for k in f.files}
   except (OSError, ValueError) as e:
     raise ValueError(f'cannot read reference file {path!r}: {e}') from None
+  # inputs and weights in the recomputation's dtype (references compare in float64 anyway)
+  ref = {k: v.astype(dtype) if v.dtype == np.float64 else v for k, v in ref.items()}
   if 'meta' not in ref:
     raise ValueError(f'{path!r} has no "meta" entry: not a reference file of this format')
   meta = json.loads(str(ref['meta']))
-  quantities: dict[str, dict] = {}
+  quantities = _Quantities(TOLERANCES_BY_DTYPE[dtype])
   try:
     if 'search' in meta:
       _verify_search(ref, meta, quantities)
@@ -275,6 +296,6 @@ def verify(path: str) -> dict:
     raise ValueError(f'{path!r} lacks entry {e} that its meta promises') from None
   counts = {s: sum(q['status'] == s for q in quantities.values())
             for s in (PASS, FAIL, NOT_COMPUTED)}
-  return {'file': str(path), 'dtype': 'float64', 'relative_error': 'max|ours-ref| / max|ref|',
-          'quantities': quantities, 'summary': counts,
+  return {'file': str(path), 'dtype': dtype, 'relative_error': 'max|ours-ref| / max|ref|',
+          'quantities': dict(quantities), 'summary': counts,
           'ok': counts[FAIL] == 0 and counts[NOT_COMPUTED] == 0}

@@ -125,15 +125,20 @@ def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def weight_lr_schedule(hp: SearchHParams) -> optax.Schedule:
+def cosine_per_epoch(lr: float, lr_min: float, epochs: int,
+                     steps_per_epoch: int) -> optax.Schedule:
   """Cosine annealing per epoch (constant within an epoch, as the original steps its
   ``CosineAnnealingLR`` once per epoch): lr(e) = min + (lr0 - min) (1 + cos(pi e / E)) / 2."""
 
   def schedule(count):
-    epoch = count // hp.steps_per_epoch
-    return hp.w_lr_min + (hp.w_lr - hp.w_lr_min) * 0.5 * (1 + jnp.cos(jnp.pi * epoch / hp.epochs))
+    epoch = count // steps_per_epoch
+    return lr_min + (lr - lr_min) * 0.5 * (1 + jnp.cos(jnp.pi * epoch / epochs))
 
   return schedule
+
+
+def weight_lr_schedule(hp: SearchHParams) -> optax.Schedule:
+  return cosine_per_epoch(hp.w_lr, hp.w_lr_min, hp.epochs, hp.steps_per_epoch)
 
 
 def weight_inner_optimizer(hp: SearchHParams) -> optax.GradientTransformation:
@@ -203,6 +208,16 @@ def alpha_gradient(hp: SearchHParams, loss: Callable, state: SearchState, train:
   return hg.hypergradient(method, train_loss, val_loss, state.weights, state.alphas, **options)
 
 
+def weight_step(hp: SearchHParams, loss: Callable, weights: Pytree, alphas: Pytree,
+                batch_stats: Pytree, w_opt_state, train: Batch):
+  """The weight half of a search step: ``w <- SGD(w, grad_w L_train(w, alpha))`` (clip 5,
+  momentum, weight decay). Returns ``(weights, w_opt_state, train_loss, LossAux, grad_w)``."""
+  (train_loss, loss_aux), g_w = jax.value_and_grad(loss, has_aux=True)(
+      weights, alphas, batch_stats, train)
+  w_updates, w_opt_state = weight_optimizer(hp).update(g_w, w_opt_state, weights)
+  return optax.apply_updates(weights, w_updates), w_opt_state, train_loss, loss_aux, g_w
+
+
 def _all_finite(*trees) -> jax.Array:
   # a norm is finite iff every entry is (NaN and inf propagate): one reduction per tree
   return jnp.all(jnp.stack([jnp.isfinite(hg.tree_norm(t)) for t in trees]))
@@ -227,11 +242,8 @@ def search_step(hp: SearchHParams, loss: Callable, state: SearchState, train: Ba
                                                           state.alphas)
   alphas = optax.apply_updates(state.alphas, a_updates)
 
-  # weight step on the train batch with the new alphas
-  (train_loss, loss_aux), g_w = jax.value_and_grad(loss, has_aux=True)(
-      state.weights, alphas, state.batch_stats, train)
-  w_updates, w_opt_state = weight_optimizer(hp).update(g_w, state.w_opt_state, state.weights)
-  weights = optax.apply_updates(state.weights, w_updates)
+  weights, w_opt_state, train_loss, loss_aux, g_w = weight_step(
+      hp, loss, state.weights, alphas, state.batch_stats, state.w_opt_state, train)
 
   labels = train[1]
   correct = jnp.sum(jnp.argmax(loss_aux.logits, -1) == labels).astype(jnp.int32)

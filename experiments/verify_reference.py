@@ -1,6 +1,6 @@
 """Checks darts_jax against a reference file of the original DARTS code's outputs.
 
-  python -m experiments.verify_reference FILE.npz [--out report.json]
+  python -m experiments.verify_reference FILE.npz [--dtype float64|float32] [--out report.json]
 
 Prints a JSON report (relative error per quantity, genotype matches, pass/fail) and exits 0
 only when every quantity in the file was computed and passed, 1 otherwise, 2 on bad input.
@@ -15,15 +15,18 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog='python -m experiments.verify_reference',
                                    description=__doc__.splitlines()[0])
   parser.add_argument('file', help='reference .npz (format: shared/reference/README.md)')
+  parser.add_argument('--dtype', choices=['float64', 'float32'], default='float64',
+                      help='float64: exact semantics (the default); float32: a backend\'s '
+                           'lowering within round-off')
   parser.add_argument('--out', help='also write the JSON report to this path')
   args = parser.parse_args(argv)
 
   import jax
-  jax.config.update('jax_enable_x64', True)  # the reference outputs are float64
+  jax.config.update('jax_enable_x64', args.dtype == 'float64')
   from darts_jax.reference import verify
 
   try:
-    report = verify(args.file)
+    report = verify(args.file, args.dtype)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

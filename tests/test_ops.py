@@ -26,7 +26,7 @@ def _numpy_depthwise(x, k, stride, dilation):
   return out
 
 
-@pytest.mark.parametrize('impl', ['shift', 'xla'])
+@pytest.mark.parametrize('impl', ['taps', 'xla'])
 @pytest.mark.parametrize('ksz,stride,dilation', [(3, 1, 1), (5, 1, 1), (3, 2, 1), (3, 1, 2),
                                                  (5, 2, 2)])
 def test_depthwise_matches_direct_definition(x64, impl, ksz, stride, dilation):
@@ -151,3 +151,69 @@ def test_torch_default_init_bounds():
     assert a.max() <= bound and a.max() > 0.5 * bound
   np.testing.assert_array_equal(v['bn']['scale'], 1.0)
   np.testing.assert_array_equal(v['bn']['bias'], 0.0)
+
+
+@pytest.mark.parametrize('ksz,stride,dilation,size', [(3, 1, 1, 8), (5, 2, 2, 8), (3, 2, 1, 7),
+                                                      (5, 1, 2, 6)])
+def test_depthwise_taps_derivatives_match_xla_to_third_order(x64, ksz, stride, dilation, size):
+  """The 'taps' lowering has hand-written VJPs (each written with the others); up to third order
+  they must equal autodiff of XLA's grouped convolution, odd sizes and strides included."""
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(2, size, size, 3)))
+  w = jnp.asarray(rng.normal(size=(ksz, ksz, 3)))
+
+  def orders(impl):
+    def f(x, w):
+      return jnp.sum(jnp.tanh(ops.depthwise_conv(x, w, stride, dilation, impl))**2)
+
+    def f2(x, w):  # a second-order quantity, as in the exact hypergradient
+      gx, gw = jax.grad(f, (0, 1))(x, w)
+      return jnp.sum(gx**3) + jnp.sum(jnp.sin(gw))
+
+    def f3(x, w):
+      return jnp.sum(jax.grad(f2, 1)(x, w)**2)
+
+    return [jax.grad(fn, (0, 1))(x, w) for fn in (f, f2, f3)]
+
+  for got, want in zip(orders('taps'), orders('xla')):
+    for g, r in zip(got, want):
+      np.testing.assert_allclose(g, r, rtol=1e-9, atol=1e-9 * float(jnp.max(jnp.abs(r))))
+
+
+@pytest.mark.parametrize('stride,size', [(1, 8), (2, 8), (2, 7)])
+def test_max_pool_gradients_match_reduce_window(x64, stride, size):
+  """The CPU lowering (tap maxima, hand-written VJP) against XLA's reduce_window: first-order
+  gradients with ties (both send the gradient to the first maximum, as PyTorch does) and
+  second-order gradients without ties (where the derivative is defined)."""
+  from jax import lax
+
+  def reference(x, s):
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, s, s, 1),
+                             ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+  def first(pool):
+    return lambda x: jnp.sum(jnp.sin(pool(x, stride))**2)
+
+  def second(pool):
+    return lambda x: jnp.sum(jax.grad(first(pool))(x)**2 * x)
+
+  rng = np.random.default_rng(2)
+  tied = jnp.asarray(np.round(rng.normal(size=(2, size, size, 3)) * 2) / 2)
+  assert len(np.unique(tied)) < tied.size / 4  # many ties inside windows
+  np.testing.assert_array_equal(ops.max_pool_3x3(tied, stride), reference(tied, stride))
+  np.testing.assert_allclose(jax.grad(first(ops.max_pool_3x3))(tied),
+                             jax.grad(first(reference))(tied), rtol=1e-12, atol=1e-12)
+  x = jnp.asarray(rng.normal(size=(2, size, size, 3)))
+  np.testing.assert_allclose(jax.grad(second(ops.max_pool_3x3))(x),
+                             jax.grad(second(reference))(x), rtol=1e-10, atol=1e-10)
+
+
+def test_pointwise_block_diagonal_equals_per_edge_matmul(x64):
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(2, 4, 4, 3 * 5)))
+  kernel = jnp.asarray(rng.normal(size=(3, 5, 7)))
+  want = np.concatenate([np.asarray(x[..., 5 * e:5 * e + 5]) @ np.asarray(kernel[e])
+                         for e in range(3)], axis=-1)
+  np.testing.assert_allclose(ops.pointwise_conv(x, kernel), want, rtol=1e-12)
+  np.testing.assert_allclose(ops.pointwise_conv(x, kernel, stride=2), want[:, ::2, ::2],
+                             rtol=1e-12)

@@ -1,0 +1,94 @@
+"""What the step benchmarks share: timing a jitted step, memory, FLOPs, one process per row."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+COLUMNS = (('compile s', 'compile_s', 10, '.1f'), ('s/step', 'step_median_s', 9, '.4f'),
+           ('min', 'step_min_s', 8, '.4f'), ('max', 'step_max_s', 8, '.4f'),
+           ('memory GB', 'peak_memory_gb', 10, '.2f'), ('GFLOP', 'gflop_per_step', 8, '.2f'),
+           ('GFLOP/s', 'achieved_gflops', 8, '.1f'))
+
+
+def peak_memory_gb() -> tuple[float, str]:
+  """Device peak bytes in use on an accelerator, else the process's peak RSS."""
+  import jax
+  if jax.default_backend() != 'cpu':
+    stats = jax.devices()[0].memory_stats() or {}
+    if 'peak_bytes_in_use' in stats:
+      return stats['peak_bytes_in_use'] / 2**30, 'device peak'
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 'peak RSS'
+
+
+def time_step(jitted, args: tuple, steps: int,
+              advance: Callable[[Any, tuple], tuple]) -> tuple[dict, Any]:
+  """Lowers and compiles ``jitted`` for ``args``, runs one warm-up step, then times ``steps``
+  device-synchronised steps; returns (the row, the last output). ``advance(output, args)`` gives
+  the next call's arguments (the state is donated: each call takes the previous call's output).
+  ``compile_s`` counts tracing, lowering and XLA compilation; ``lower_s`` the first two."""
+  import jax
+  t0 = time.perf_counter()
+  lowered = jitted.lower(*args)
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  t2 = time.perf_counter()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get('flops', float('nan'))) if cost else float('nan')
+  out = compiled(*args)
+  jax.block_until_ready(out)
+  times = []
+  for _ in range(steps):
+    args = advance(out, args)
+    t = time.perf_counter()
+    out = compiled(*args)
+    jax.block_until_ready(out)
+    times.append(time.perf_counter() - t)
+  memory, memory_kind = peak_memory_gb()
+  median = statistics.median(times)
+  return {'backend': jax.default_backend(), 'device': jax.devices()[0].device_kind,
+          'jax': jax.__version__, 'python': platform.python_version(),
+          'lower_s': round(t1 - t0, 2), 'compile_s': round(t2 - t0, 2),
+          'step_median_s': round(median, 4), 'step_min_s': round(min(times), 4),
+          'step_max_s': round(max(times), 4), 'steps': steps,
+          'peak_memory_gb': round(memory, 3), 'memory_kind': memory_kind,
+          'gflop_per_step': round(flops / 1e9, 3),
+          'achieved_gflops': round(flops / 1e9 / median, 2)}, out
+
+
+def header(first: str) -> str:
+  return f'{first:22}' + ''.join(f' {name:>{width}}' for name, _, width, _ in COLUMNS)
+
+
+def row_line(first: str, row: dict) -> str:
+  return f'{first:22}' + ''.join(f' {row[key]:>{width}{fmt}}' for _, key, width, fmt in COLUMNS)
+
+
+def run_child(module: str, args: list[str], timeout: float | None) -> tuple[dict | None, str]:
+  """Runs ``python -m module --one ARGS`` and returns (its JSON row, '') or (None, why)."""
+  try:
+    child = subprocess.run([sys.executable, '-m', module, '--one', *args], capture_output=True,
+                           text=True, env=os.environ, timeout=timeout)
+  except subprocess.TimeoutExpired:
+    return None, f'did not finish in {timeout:g} s'
+  if child.returncode:
+    # skip a native crash's stack frames: the line that names the failure comes before them
+    lines = [l for l in child.stderr.splitlines()
+             if l.strip() and not l.startswith(('    @', '***'))]
+    return None, f'failed: {lines[-1] if lines else child.returncode}'
+  return json.loads(child.stdout.strip().splitlines()[-1]), ''
+
+
+def write_json(path: str | None, payload: dict) -> None:
+  if path:
+    with open(path, 'w') as f:
+      json.dump(payload, f, indent=2)
+      f.write('\n')

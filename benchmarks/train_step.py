@@ -1,0 +1,94 @@
+"""Time one training step of a derived network (the evaluation network of ``train.py``).
+
+  python -m benchmarks.train_step [--preset tiny|small|paper] [--genotype DARTS_V2]
+                                  [--steps 10] [--out results.json]
+
+The step is :func:`darts_jax.train.train_step`: forward with drop path and the auxiliary head,
+``CE + 0.4 CE_aux``, clip 5, SGD with momentum and weight decay. Presets: ``paper`` (C=36,
+20 cells, batch 96: the paper's CIFAR-10 evaluation), ``small`` (C=16, 8 cells, batch 32),
+``tiny`` (C=8, 5 cells, batch 8, for tests). Reported as in ``benchmarks.search_step``, plus the
+parameter count (auxiliary head included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from benchmarks import common
+
+PRESETS = {'tiny': dict(layers=5, C=8, batch=8), 'small': dict(layers=8, C=16, batch=32),
+           'paper': dict(layers=20, C=36, batch=96)}
+
+
+def measure(preset: str, genotype: str, steps: int, depthwise_impl: str = 'auto') -> dict:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from darts_jax import train as T
+  from darts_jax.networks import NetworkCIFAR
+  from darts_jax.search import make_mesh
+  from darts_jax.supernet import num_params
+
+  p = PRESETS[preset]
+  model = NetworkCIFAR(p['C'], 10, p['layers'], True, genotype, depthwise_impl=depthwise_impl)
+  # mid-training drop path (epoch 300 of 600), so that the timed step draws its masks
+  hp = T.TrainHParams(steps_per_epoch=1)
+  state = T.init_train_state(hp, model, jax.random.PRNGKey(0))
+  state = state._replace(step=jnp.asarray(300, jnp.int32))
+  rng = np.random.default_rng(0)
+  batch = (jnp.asarray(rng.normal(size=(p['batch'], 32, 32, 3)), jnp.float32),
+           jnp.asarray(rng.integers(0, 10, p['batch']), jnp.int32))
+  jitted = T.jit_train_step(hp, model, make_mesh(1))
+  result, (state, _) = common.time_step(jitted, (state, batch), steps,
+                                        lambda out, args: (out[0], args[1]))
+  return {'preset': preset, **p, 'row': 'train_step', 'genotype': genotype,
+          'depthwise_impl': depthwise_impl, 'params': num_params(state.params), **result,
+          'finite': bool(np.isfinite(float(T.optax.global_norm(state.params))))}
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m benchmarks.train_step',
+                                   description=__doc__.split('\n')[0])
+  parser.add_argument('--preset', choices=list(PRESETS), default='small')
+  parser.add_argument('--genotype', default='DARTS_V2', help='a published name or genotype string')
+  parser.add_argument('--steps', type=int, default=10, help='timed steps after one warm-up')
+  parser.add_argument('--depthwise_impl', choices=['auto', 'taps', 'xla'], default='auto')
+  parser.add_argument('--out', help='write the row as JSON here')
+  parser.add_argument('--timeout', type=float, default=None,
+                      help='seconds allowed, compile included')
+  parser.add_argument('--one', action='store_true', help=argparse.SUPPRESS)  # child process
+  args = parser.parse_args(argv)
+  if args.steps < 1:
+    print(f'error: --steps={args.steps}: must be >= 1', file=sys.stderr)
+    return 2
+  from darts_jax.genotypes import parse_genotype
+  try:
+    parse_genotype(args.genotype)
+  except ValueError as e:
+    print(f'error: --genotype: {e}', file=sys.stderr)
+    return 2
+  if args.one:
+    print(json.dumps(measure(args.preset, args.genotype, args.steps, args.depthwise_impl)))
+    return 0
+  print(common.header(f'{args.preset}: row'), flush=True)
+  row, why = common.run_child('benchmarks.train_step',
+                              ['--preset', args.preset, '--genotype', args.genotype, '--steps',
+                               str(args.steps), '--depthwise_impl', args.depthwise_impl],
+                              args.timeout)
+  if row is None:
+    print(f'{"train_step":22} {why}', flush=True)
+    common.write_json(args.out, {'preset': args.preset, 'rows': [],
+                                 'failures': {'train_step': why}})
+    return 1
+  print(common.row_line('train_step', row), flush=True)
+  print(f'parameters: {row["params"]:,} (auxiliary head included)')
+  common.write_json(args.out, {'preset': args.preset, **PRESETS[args.preset], 'rows': [row],
+                               'failures': {}})
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
