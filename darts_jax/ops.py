@@ -202,8 +202,8 @@ def max_pool_3x3(x: jax.Array, stride: int) -> jax.Array:
 
 
 def _first_argmax_taps(x, stride):
-  taps = _taps(jnp.pad(materialize(x), ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf),
-               3, stride, 1, 0)
+  padded = jnp.pad(materialize(x), ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  taps = _taps(padded, 3, stride, 1, 0)
   stacked = lax.stop_gradient(jnp.stack(taps))
   index = lax.broadcasted_iota(jnp.int32, stacked.shape, 0)
 
