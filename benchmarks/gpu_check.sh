@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One short run (under 10 minutes) on a fresh GPU machine: jax, flax, optax, chex and orbax
-# preinstalled, no network. Checks fidelity on the GPU's lowering (the reference file in float32
-# and float64), then times the paper-size search step (exact, first order, finite difference)
+# preinstalled, no network. Checks fidelity of the GPU's lowering (the reference file in
+# float32; float64 semantics are the CPU test suite's job), then times the paper-size search step (exact, first order, finite difference)
 # and the paper-size training step, and prints the tables. Results land in $OUT.
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh
 # PRESET=tiny runs the same script at test size (e.g. to try it on a CPU).
@@ -19,8 +19,8 @@ export XLA_FLAGS="--xla_gpu_enable_triton_gemm=false ${XLA_FLAGS:-}"
 { python -c 'import jax, flax, optax; print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, jax.devices())'
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null; } \
   2>&1 | tee "$OUT/devices.txt"
-for dtype in float32 float64; do
-  timeout 150 python -m experiments.verify_reference tests/data/quark0_reference.npz \
+for dtype in float32; do
+  timeout 180 python -m experiments.verify_reference tests/data/quark0_reference.npz \
     --dtype $dtype --out "$OUT/fidelity_$dtype.json" > /dev/null 2> "$OUT/fidelity_$dtype.err"
   python - "$OUT/fidelity_$dtype.json" $dtype <<'EOF' | tee -a "$OUT/fidelity.txt"
 import json, sys
@@ -35,6 +35,6 @@ print(f"fidelity {sys.argv[2]}: {'PASS' if r['ok'] else 'FAIL'} {r['summary']}, 
 EOF
 done
 python -m benchmarks.search_step --preset "$PRESET" --estimators exact,first_order,finite_difference \
-  --steps "$STEPS" --timeout 200 --out "$OUT/search_step_$PRESET.json" 2>&1 | tee "$OUT/search_step_$PRESET.txt"
-python -m benchmarks.train_step --preset "$PRESET" --steps "$STEPS" --timeout 120 \
+  --steps "$STEPS" --timeout 120 --out "$OUT/search_step_$PRESET.json" 2>&1 | tee "$OUT/search_step_$PRESET.txt"
+python -m benchmarks.train_step --preset "$PRESET" --steps "$STEPS" --timeout 60 \
   --out "$OUT/train_step_$PRESET.json" 2>&1 | tee "$OUT/train_step_$PRESET.txt"
