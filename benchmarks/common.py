@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -62,6 +63,19 @@ def time_step(jitted, args: tuple, steps: int,
           'peak_memory_gb': round(memory, 3), 'memory_kind': memory_kind,
           'gflop_per_step': round(flops / 1e9, 3),
           'achieved_gflops': round(flops / 1e9 / median, 2)}, out
+
+
+def add_run_flags(parser, timeout_help: str) -> None:
+  """The flags both step benchmarks take: timed steps, depthwise lowering, timeout, and the
+  hidden ``--one`` that makes a process measure one row (the parent runs one child per row)."""
+  parser.add_argument('--steps', type=int, default=10, help='timed steps after one warm-up')
+  parser.add_argument('--depthwise_impl', choices=['auto', 'taps', 'xla'], default='auto')
+  parser.add_argument('--timeout', type=float, default=None, help=timeout_help)
+  parser.add_argument('--one', action='store_true', help=argparse.SUPPRESS)
+
+
+def steps_error(steps: int) -> str | None:
+  return f'error: --steps={steps}: must be >= 1' if steps < 1 else None
 
 
 def header(first: str) -> str:

@@ -86,12 +86,8 @@ def main(argv=None) -> int:
   parser.add_argument('--preset', choices=list(PRESETS), default='small')
   parser.add_argument('--estimators', default=','.join(ROWS),
                       help=f'comma-separated rows among {", ".join(ROWS)}')
-  parser.add_argument('--steps', type=int, default=10, help='timed steps after one warm-up')
-  parser.add_argument('--depthwise_impl', choices=['auto', 'taps', 'xla'], default='auto')
   parser.add_argument('--out', help='write the rows and ratios as JSON here')
-  parser.add_argument('--timeout', type=float, default=None,
-                      help='seconds allowed per row, compile included')
-  parser.add_argument('--one', action='store_true', help=argparse.SUPPRESS)  # child process
+  common.add_run_flags(parser, 'seconds allowed per row, compile included')
   args = parser.parse_args(argv)
   names = [n for n in args.estimators.split(',') if n]
   bad = [n for n in names if n not in ROWS]
@@ -100,8 +96,8 @@ def main(argv=None) -> int:
     print(f'error: --estimators={args.estimators!r}: {what} is not a row; '
           f'allowed: {", ".join(ROWS)}', file=sys.stderr)
     return 2
-  if args.steps < 1:
-    print(f'error: --steps={args.steps}: must be >= 1', file=sys.stderr)
+  if common.steps_error(args.steps):
+    print(common.steps_error(args.steps), file=sys.stderr)
     return 2
   if args.one:
     import json

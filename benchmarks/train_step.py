@@ -54,15 +54,11 @@ def main(argv=None) -> int:
                                    description=__doc__.split('\n')[0])
   parser.add_argument('--preset', choices=list(PRESETS), default='small')
   parser.add_argument('--genotype', default='DARTS_V2', help='a published name or genotype string')
-  parser.add_argument('--steps', type=int, default=10, help='timed steps after one warm-up')
-  parser.add_argument('--depthwise_impl', choices=['auto', 'taps', 'xla'], default='auto')
   parser.add_argument('--out', help='write the row as JSON here')
-  parser.add_argument('--timeout', type=float, default=None,
-                      help='seconds allowed, compile included')
-  parser.add_argument('--one', action='store_true', help=argparse.SUPPRESS)  # child process
+  common.add_run_flags(parser, 'seconds allowed, compile included')
   args = parser.parse_args(argv)
-  if args.steps < 1:
-    print(f'error: --steps={args.steps}: must be >= 1', file=sys.stderr)
+  if common.steps_error(args.steps):
+    print(common.steps_error(args.steps), file=sys.stderr)
     return 2
   from darts_jax.genotypes import parse_genotype
   try:
