@@ -35,7 +35,6 @@ TOLERANCES_BY_DTYPE = {
     'float32': {'logits': 1e-4, 'loss': 1e-4, 'gradient': 1e-3, 'finite_difference': 1e-2,
                 'step': 1e-3},
 }
-TOLERANCES = TOLERANCES_BY_DTYPE['float64']
 
 # second-order quantities: (file key, estimator, with the momentum buffer)
 _SECOND_ORDER = (('hypergrad_exact_nomomentum', 'unrolled', False),
