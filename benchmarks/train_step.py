@@ -46,7 +46,7 @@ def measure(preset: str, genotype: str, steps: int, depthwise_impl: str = 'auto'
                                         lambda out, args: (out[0], args[1]))
   return {'preset': preset, **p, 'row': 'train_step', 'genotype': genotype,
           'depthwise_impl': depthwise_impl, 'params': num_params(state.params), **result,
-          'finite': bool(np.isfinite(float(T.optax.global_norm(state.params))))}
+          'finite': bool(np.isfinite(float(T.optax.tree.norm(state.params))))}
 
 
 def main(argv=None) -> int:

@@ -67,7 +67,12 @@ class Checkpoints:
     self._ocp = ocp
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=False)
-    self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+    # handlers named up front, so that reading an item's metadata needs no guessing (orbax
+    # otherwise warns that it cannot restore items it has no handler for)
+    self.manager = ocp.CheckpointManager(
+        os.path.abspath(directory), options=options,
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'metadata': ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import pathlib
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -187,6 +188,31 @@ def parse_genotype(spec: 'str | Mapping | Genotype', named: Mapping[str, Genotyp
     return Genotype.from_json(s)
   raise ValueError(f'unknown genotype {spec[:80]!r}: give one of {", ".join(named)}, the '
                    "original's string form Genotype(normal=[...], ...) or its JSON form")
+
+
+def load_genotype(spec: 'str | Mapping | Genotype', named: Mapping[str, Genotype] | None = None
+                  ) -> Genotype:
+  """:func:`parse_genotype`, and also a path: a search workdir (its ``genotype.json``) or a file
+  holding a genotype's JSON or string form (``genotype.json``, ``genotype.txt``)."""
+  named = GENOTYPES if named is None else named
+  if not isinstance(spec, str) or spec.strip() in named or spec.strip().startswith(
+      ('Genotype(', '{')):
+    return parse_genotype(spec, named)
+  path = pathlib.Path(spec.strip()).expanduser()
+  if path.is_dir():
+    if not (path / 'genotype.json').is_file():
+      raise ValueError(f'genotype={spec!r}: the directory has no genotype.json (a search '
+                       'workdir has one after its first epoch)')
+    path = path / 'genotype.json'
+  if not path.is_file():
+    raise ValueError(f'genotype={spec!r} is neither a published name ({", ".join(named)}), '
+                     "the original's string form Genotype(normal=[...], ...), JSON, nor an "
+                     'existing search workdir or genotype file')
+  text = path.read_text().strip()
+  try:
+    return parse_genotype(text, {})
+  except ValueError as e:
+    raise ValueError(f'{path}: {e}') from None
 
 
 DARTS_V1 = Genotype(

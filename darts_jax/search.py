@@ -218,7 +218,7 @@ def weight_step(hp: SearchHParams, loss: Callable, weights: Pytree, alphas: Pytr
   return optax.apply_updates(weights, w_updates), w_opt_state, train_loss, loss_aux, g_w
 
 
-def _all_finite(*trees) -> jax.Array:
+def all_finite(*trees) -> jax.Array:
   # a norm is finite iff every entry is (NaN and inf propagate): one reduction per tree
   return jnp.all(jnp.stack([jnp.isfinite(hg.tree_norm(t)) for t in trees]))
 
@@ -259,7 +259,7 @@ def search_step(hp: SearchHParams, loss: Callable, state: SearchState, train: Ba
   new = SearchState(state.step + 1, weights, alphas, loss_aux.batch_stats, w_opt_state,
                     alpha_opt_state, state.rng, metrics, state.nonfinite_step)
 
-  ok = (state.nonfinite_step < 0) & _all_finite(train_loss, aux.val_loss, g_alpha, g_w)
+  ok = (state.nonfinite_step < 0) & all_finite(train_loss, aux.val_loss, g_alpha, g_w)
   kept = jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, state)
   nonfinite = jnp.where((state.nonfinite_step < 0) & ~ok, state.step, state.nonfinite_step)
   return kept._replace(nonfinite_step=nonfinite), aux

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import time
 from typing import Callable, Mapping, NamedTuple
 
@@ -21,9 +20,11 @@ import numpy as np
 
 from darts_jax import checkpoint as ckpt_lib
 from darts_jax import data as data_lib
+from darts_jax import runs
 from darts_jax import search as search_lib
 from darts_jax.genotypes import PRIMITIVES, Genotype, derive_genotype
 from darts_jax.metrics_log import MetricWriter
+from darts_jax.runs import NonFiniteError  # noqa: F401  (re-exported: the command catches it)
 from darts_jax.supernet import (SupernetConfig, check_image_size, init_alphas, init_supernet,
                                 make_loss)
 
@@ -31,10 +32,6 @@ from darts_jax.supernet import (SupernetConfig, check_image_size, init_alphas, i
 MAY_DIFFER = ('log_every', 'checkpoint_every', 'keep_checkpoints', 'plots', 'tensorboard',
               'progress', 'data_dir', 'download')
 DTYPES = ('float32', 'float64')
-
-
-class NonFiniteError(RuntimeError):
-  """The loss or a gradient stopped being finite; the last good checkpoint is kept."""
 
 
 class SearchResult(NamedTuple):
@@ -66,26 +63,15 @@ def _check_config(cfg: Mapping) -> None:
   hparams_from_config(cfg, steps_per_epoch=1)  # the optimiser settings, before any data is read
 
 
-def _subset(dataset: data_lib.Dataset, n: int) -> data_lib.Dataset:
-  return dataset._replace(images=dataset.images[:n], labels=dataset.labels[:n]) if n else dataset
-
-
 def _softmax(alphas) -> dict[str, np.ndarray]:
   return {k: np.asarray(jax.nn.softmax(jnp.asarray(v, jnp.float32), axis=-1))
           for k, v in alphas.items()}
 
 
-def _write_atomic(path: str, text: str) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def write_genotype_files(workdir: str, genotype: Genotype, alphas: Mapping) -> None:
   """``genotype.json``, ``genotype.txt`` (the original's string form) and ``alphas.npz``."""
-  _write_atomic(os.path.join(workdir, 'genotype.json'), genotype.to_json() + '\n')
-  _write_atomic(os.path.join(workdir, 'genotype.txt'), genotype.to_string() + '\n')
+  runs.write_atomic(os.path.join(workdir, 'genotype.json'), genotype.to_json() + '\n')
+  runs.write_atomic(os.path.join(workdir, 'genotype.txt'), genotype.to_string() + '\n')
   tmp = os.path.join(workdir, 'alphas.tmp.npz')
   np.savez(tmp, **{k: np.asarray(v) for k, v in alphas.items()})
   os.replace(tmp, os.path.join(workdir, 'alphas.npz'))
@@ -124,12 +110,6 @@ def _format_alphas(softmaxed: Mapping[str, np.ndarray], primitives) -> str:
   return '\n'.join(lines)
 
 
-def _progress(total: int, initial: int, desc: str, enabled: bool):
-  from tqdm.auto import tqdm
-  return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True,
-              leave=True, file=sys.stderr)
-
-
 def run_search(cfg: Mapping, workdir: str, *,
                log: Callable[[str], None] = print) -> SearchResult:
   """Runs (or resumes) the search described by ``cfg`` (see ``experiments/configs/search.py``)
@@ -144,7 +124,7 @@ def run_search(cfg: Mapping, workdir: str, *,
 
   # data first: a bad data directory fails before anything is written
   data_dir = cfg['data_dir'] or data_lib.default_data_dir()
-  full = _subset(data_lib.load_dataset(cfg['dataset'], 'train', data_dir, cfg['download']),
+  full = runs.subset(data_lib.load_dataset(cfg['dataset'], 'train', data_dir, cfg['download']),
                  cfg['max_examples'])
   train_set, val_set = data_lib.search_split(full, cfg['train_portion'])
   batch = cfg['batch_size']
@@ -206,10 +186,7 @@ def run_search(cfg: Mapping, workdir: str, *,
   def guard():
     bad = int(state.nonfinite_step)
     if bad >= 0:
-      last = checkpoints.latest_step()
-      raise NonFiniteError(f'non-finite loss or gradient at step {bad} (epoch {bad // spe + 1}); '
-                           f'stopped. Last good checkpoint: '
-                           f'{"none" if last is None else f"step {last}"} in {workdir}/checkpoints')
+      raise runs.nonfinite_error(bad, spe, checkpoints.latest_step(), workdir)
 
   def save():
     guard()
@@ -227,7 +204,7 @@ def run_search(cfg: Mapping, workdir: str, *,
       epoch = step // spe
       order_w = data_lib.epoch_order(len(train_set.labels), batch, cfg['seed'], epoch)
       order_a = data_lib.epoch_order(len(val_set.labels), batch, cfg['seed'] + 1_000_003, epoch)
-      bar = _progress(spe, step % spe, f'epoch {epoch + 1}/{hp.epochs}', cfg['progress'])
+      bar = runs.progress(spe, step % spe, f'epoch {epoch + 1}/{hp.epochs}', cfg['progress'])
       t0 = time.perf_counter()
       while step < (epoch + 1) * spe:
         i = step % spe
@@ -260,11 +237,7 @@ def run_search(cfg: Mapping, workdir: str, *,
       pictures.draw(epoch + 1, genotype, history)
       save()
   except (KeyboardInterrupt, Exception) as e:
-    if not isinstance(e, NonFiniteError):
-      _save_on_the_way_out(state, checkpoints, save, log)
-    if isinstance(e, KeyboardInterrupt):
-      log(f'interrupted; last checkpoint: step {checkpoints.latest_step()}. Rerun the same '
-          'command to resume.')
+    runs.on_stop(e, state, checkpoints, save, log)
     raise
   finally:
     writer.close()
@@ -275,20 +248,10 @@ def run_search(cfg: Mapping, workdir: str, *,
   if best is not None:
     log(f'best epoch {best["epoch"]} (supernet val acc {best["val_acc"]:.4f}):\n  '
         f'{best_genotype.to_string()}')
-    _write_atomic(os.path.join(workdir, 'best_genotype.txt'), best_genotype.to_string() + '\n')
+    runs.write_atomic(os.path.join(workdir, 'best_genotype.txt'),
+                      best_genotype.to_string() + '\n')
   return SearchResult(jax.device_get(state), genotype, best_genotype,
                       None if best is None else best['val_acc'])
-
-
-def _save_on_the_way_out(state, checkpoints, save, log) -> None:
-  """Keeps the steps done since the last checkpoint when a run stops on an interruption or an
-  error. An interruption inside a step may leave the state's buffers donated to a step that
-  never finished; then the previous checkpoint is all there is."""
-  try:
-    if checkpoints.latest_step() != int(state.step):
-      save()
-  except (RuntimeError, ValueError, NonFiniteError) as e:
-    log(f'could not checkpoint the state on the way out ({type(e).__name__}: {e})')
 
 
 def _end_of_epoch(cfg, hp, state, epoch, eval_fn, val_set, batch, primitives, net, seconds):

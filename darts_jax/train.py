@@ -3,13 +3,15 @@
 One jitted pure function advances a :class:`TrainState`: forward with drop path (probability
 ramped linearly over the epochs), loss ``CE(logits) + auxiliary_weight * CE(auxiliary logits)``,
 PyTorch's gradient clipping, SGD with momentum and L2 weight decay, cosine learning rate stepped
-once per epoch down to 0. Defaults are the paper's CIFAR-10 evaluation (``shared/REFERENCE.md``).
+once per epoch down to 0, with the epoch's sums and a non-finite guard in the state. The
+evaluation step sums test loss, top-1 and top-5 hits of the main head. Defaults are the paper's
+CIFAR-10 evaluation (``shared/REFERENCE.md``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -19,7 +21,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from darts_jax import ops as ops_lib
-from darts_jax.search import clip_by_global_norm_torch, cosine_per_epoch
+from darts_jax.search import all_finite, clip_by_global_norm_torch, cosine_per_epoch
 from darts_jax.supernet import cross_entropy
 
 Pytree = Any
@@ -54,12 +56,22 @@ class TrainHParams:
       raise ValueError(f'drop_path_prob={self.drop_path_prob!r}: must be in [0, 1)')
 
 
+class TrainMetrics(NamedTuple):
+  """Sums over the current epoch's steps (reset by the epoch's first step)."""
+  steps: jax.Array
+  loss: jax.Array  # CE + auxiliary_weight * CE_aux, as optimised
+  correct: jax.Array  # top-1 hits of the main head
+  examples: jax.Array
+
+
 class TrainState(NamedTuple):
   step: jax.Array
   params: Pytree
   batch_stats: Pytree
   opt_state: Any
-  rng: jax.Array  # base key; step t draws drop path from fold_in(rng, t)
+  rng: jax.Array  # base key; step t draws its randomness from fold_in(rng, t)
+  metrics: TrainMetrics
+  nonfinite_step: jax.Array  # -1, or the first step whose loss or gradient was not finite
 
 
 def optimizer(hp: TrainHParams) -> optax.GradientTransformation:
@@ -82,7 +94,10 @@ def init_train_state(hp: TrainHParams, model: nn.Module, rng: jax.Array, image_s
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), images, True))
   values = ops_lib.torch_default_init(k_init, dict(shapes))
   params, stats = values['params'], values.get('batch_stats', {})
-  return TrainState(jnp.zeros((), jnp.int32), params, stats, optimizer(hp).init(params), k_run)
+  # distinct zero arrays: the state is donated, and one buffer may not be donated twice
+  metrics = TrainMetrics(*(jnp.zeros((), t) for t in (jnp.int32, dtype, jnp.int32, jnp.int32)))
+  return TrainState(jnp.zeros((), jnp.int32), params, stats, optimizer(hp).init(params), k_run,
+                    metrics, jnp.asarray(-1, jnp.int32))
 
 
 def make_train_loss(model: nn.Module, auxiliary_weight: float):
@@ -101,24 +116,74 @@ def make_train_loss(model: nn.Module, auxiliary_weight: float):
   return loss
 
 
-def train_step(hp: TrainHParams, model: nn.Module, state: TrainState,
-               batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One SGD step. Returns the new state and ``{'loss', 'correct'}`` of this batch."""
+def train_step(hp: TrainHParams, model: nn.Module, state: TrainState, batch: Batch,
+               preprocess: Callable | None = None) -> tuple[TrainState, jax.Array]:
+  """One SGD step; returns the new state and this batch's loss. ``preprocess(key, images)``
+  augments a raw batch inside the step (None: use it as given).
+
+  A non-finite loss or gradient leaves the state as it was and records the step in
+  ``nonfinite_step``; every later step is then a no-op, so the last good state survives.
+  """
   key = jax.random.fold_in(state.rng, state.step)
+  if preprocess is not None:
+    k_aug, key = jax.random.split(key)
+    batch = (preprocess(k_aug, batch[0]), batch[1])
   loss = make_train_loss(model, hp.auxiliary_weight)
   (value, (stats, logits)), grads = jax.value_and_grad(loss, has_aux=True)(
       state.params, state.batch_stats, batch, key, drop_path_prob(hp, state.step))
   updates, opt_state = optimizer(hp).update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  correct = jnp.sum(jnp.argmax(logits, -1) == batch[1]).astype(jnp.int32)
-  return (TrainState(state.step + 1, params, stats, opt_state, state.rng),
-          {'loss': value, 'correct': correct})
+
+  labels = batch[1]
+  first_of_epoch = state.step % hp.steps_per_epoch == 0
+  previous = jax.tree_util.tree_map(lambda m: jnp.where(first_of_epoch, jnp.zeros_like(m), m),
+                                    state.metrics)
+  metrics = TrainMetrics(
+      previous.steps + 1, previous.loss + value.astype(previous.loss.dtype),
+      previous.correct + jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.int32),
+      previous.examples + labels.shape[0])
+  new = TrainState(state.step + 1, params, stats, opt_state, state.rng, metrics,
+                   state.nonfinite_step)
+  ok = (state.nonfinite_step < 0) & all_finite(value, grads)
+  kept = jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, state)
+  nonfinite = jnp.where((state.nonfinite_step < 0) & ~ok, state.step, state.nonfinite_step)
+  return kept._replace(nonfinite_step=nonfinite), value
 
 
-def jit_train_step(hp: TrainHParams, model: nn.Module, mesh: Mesh):
+def jit_train_step(hp: TrainHParams, model: nn.Module, mesh: Mesh,
+                   preprocess: Callable | None = None):
   """``train_step`` jitted for ``mesh``: the batch split over ``'data'``, the state replicated
   and donated."""
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  return jax.jit(lambda state, batch: train_step(hp, model, state, batch),
+  return jax.jit(lambda state, batch: train_step(hp, model, state, batch, preprocess),
                  in_shardings=(replicated, data), out_shardings=(replicated, replicated),
                  donate_argnums=0)
+
+
+def eval_step(model: nn.Module, params: Pytree, batch_stats: Pytree, images: jax.Array,
+              labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+  """Sums over the ``mask``ed examples of a test batch, evaluation-mode BN, main head only:
+  ``{'loss', 'top1', 'top5', 'examples'}``. ``mask`` pads a short last batch to full shape."""
+  logits, _ = model.apply({'params': params, 'batch_stats': batch_stats}, images, False)
+  logits = logits.astype(jnp.float32)
+  nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], -1)[:, 0]
+  k = min(5, logits.shape[-1])
+  top5 = jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1)
+  top1 = jnp.argmax(logits, -1) == labels
+  m = mask.astype(jnp.float32)
+  return {'loss': jnp.sum(nll * m), 'top1': jnp.sum(top1 * m), 'top5': jnp.sum(top5 * m),
+          'examples': jnp.sum(m)}
+
+
+def jit_eval_step(model: nn.Module, mesh: Mesh, preprocess: Callable | None = None):
+  """``eval_step`` jitted for ``mesh``: ``(params, batch_stats, images, labels, mask) -> sums``.
+  ``preprocess(images)`` normalises a raw batch inside the step."""
+  replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+
+  def step(params, batch_stats, images, labels, mask):
+    images = images if preprocess is None else preprocess(images)
+    return eval_step(model, params, batch_stats, images, labels, mask)
+
+  return jax.jit(step, in_shardings=(replicated, replicated, data, data, data),
+                 out_shardings=replicated)
+

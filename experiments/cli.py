@@ -24,8 +24,12 @@ def _last_line(error: BaseException) -> str:
   return re.sub(r'^\w+(Error|Exception): ', '', text)
 
 
-def parse(argv: Sequence[str], default_config: str):
-  """``(config dict, workdir)`` from ``argv`` (``argv[0]`` is the program)."""
+def parse(argv: Sequence[str], default_config: str, extra: Callable | None = None,
+          workdir_required: bool = True):
+  """``(config dict, workdir)`` from ``argv`` (``argv[0]`` is the program).
+
+  ``extra(flag_values)`` may define more flags; then ``(config, workdir, {name: value})``.
+  """
   values = flags.FlagValues()
   try:
     config = config_flags.DEFINE_config_file(
@@ -33,6 +37,7 @@ def parse(argv: Sequence[str], default_config: str):
         flag_values=values, lock_config=True, sys_argv=list(argv))
     workdir = flags.DEFINE_string('workdir', None, 'Directory holding everything the run writes.',
                                   flag_values=values)
+    more = extra(values) if extra else {}
     rest = values(list(argv))
   except (KeyError, AttributeError) as e:  # an override of a key the config does not have
     raise UsageError(f'unknown config key {_last_line(e).strip(chr(34))} (the keys are listed '
@@ -41,18 +46,20 @@ def parse(argv: Sequence[str], default_config: str):
     raise UsageError(_last_line(e)) from None
   if len(rest) > 1:
     raise UsageError(f'unexpected arguments: {" ".join(rest[1:])}')
-  if not workdir.value:
+  if workdir_required and not workdir.value:
     raise UsageError('--workdir is required (the directory that holds the run)')
+  if extra:
+    return config.value.to_dict(), workdir.value, {k: v.value for k, v in more.items()}
   return config.value.to_dict(), workdir.value
 
 
-def main(run: Callable[[dict, str], object], default_config: str,
-         argv: Sequence[str] | None = None) -> int:
-  """Parses, runs, and maps the library's input errors to exit status 2 with one line."""
+def main(run: Callable[..., object], default_config: str, argv: Sequence[str] | None = None,
+         extra: Callable | None = None, workdir_required: bool = True) -> int:
+  """Parses, runs ``run(config, workdir[, extra flag values])``, and maps the library's input
+  errors to exit status 2 with one line."""
   from darts_jax.data import DataError
   try:
-    config, workdir = parse(sys.argv if argv is None else argv, default_config)
-    run(config, workdir)
+    run(*parse(sys.argv if argv is None else argv, default_config, extra, workdir_required))
   except (UsageError, ValueError, DataError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

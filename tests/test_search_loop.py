@@ -6,15 +6,14 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
 from darts_jax import checkpoint as ckpt_lib
-from darts_jax import search_loop
 from darts_jax.data import DataError
 from darts_jax.search_loop import NonFiniteError, run_search
 from experiments.configs.search import get_config
+from run_helpers import interrupt_after, latest_checkpoint, leaves
 from test_data import fake_batches, write_archive
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,10 +36,6 @@ def micro_config(data_dir, **overrides):
   return c
 
 
-def _leaves(state):
-  return jax.tree_util.tree_leaves(jax.device_get(state))
-
-
 def test_tiny_search_runs_and_resumes_bitwise(data_dir, tmp_path, monkeypatch):
   config = micro_config(data_dir)
   full = run_search(config, str(tmp_path / 'full'), log=lambda s: None)
@@ -61,28 +56,11 @@ def test_tiny_search_runs_and_resumes_bitwise(data_dir, tmp_path, monkeypatch):
 
   # Ctrl-C mid-epoch after 3 steps (checkpoint_every=2): the run checkpoints step 3 on its way
   # out; resumed, it ends with the same state, bit for bit
-  class Interrupting:
-    n = 0
-
-    def __init__(self, *args, **kwargs):
-      pass
-
-    def update(self, k):
-      Interrupting.n += k
-      if Interrupting.n == 3:
-        raise KeyboardInterrupt
-
-    set_postfix = close = lambda self, *a, **k: None
-
-  with monkeypatch.context() as m:
-    m.setattr(search_loop, '_progress', Interrupting)
-    with pytest.raises(KeyboardInterrupt):
-      run_search(config, str(tmp_path / 'resumed'), log=lambda s: None)
-  checkpoints = ckpt_lib.Checkpoints(str(tmp_path / 'resumed' / 'checkpoints'))
-  assert checkpoints.latest_step() == 3
-  checkpoints.close()
+  interrupt_after(3, lambda: run_search(config, str(tmp_path / 'resumed'), log=lambda s: None),
+                  monkeypatch)
+  assert latest_checkpoint(str(tmp_path / 'resumed' / 'checkpoints')) == 3
   resumed = run_search(config, str(tmp_path / 'resumed'), log=lambda s: None)
-  for x, y in zip(_leaves(full.state), _leaves(resumed.state), strict=True):
+  for x, y in zip(leaves(full.state), leaves(resumed.state), strict=True):
     np.testing.assert_array_equal(x, y)
   assert resumed.genotype == full.genotype
   again = [json.loads(l) for l in open(tmp_path / 'resumed' / 'metrics.jsonl')]

@@ -1,0 +1,325 @@
+"""Training a derived network from scratch as a resumable run: the original's ``train.py``.
+
+``run_train(config, workdir)`` is what ``python -m experiments.cifar_train`` calls. As in the
+search, every piece of the run is a function of the config and the step count (data order from
+(seed, epoch), augmentation, cutout and drop path from (seed, step)), so a run resumed from a
+checkpoint continues bit for bit as it would have without the interruption. ``evaluate`` is what
+``python -m experiments.cifar_eval`` calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from darts_jax import checkpoint as ckpt_lib
+from darts_jax import data as data_lib
+from darts_jax import runs
+from darts_jax import train as train_lib
+from darts_jax.genotypes import Genotype, load_genotype
+from darts_jax.metrics_log import MetricWriter
+from darts_jax.networks import NetworkCIFAR
+from darts_jax.ops import OPS
+from darts_jax.runs import NonFiniteError  # noqa: F401  (re-exported: the command catches it)
+from darts_jax.search import check_batch_divisible, make_mesh
+from darts_jax.supernet import check_image_size, num_params
+
+# config keys that may change between a run and its resumption (they do not change results)
+MAY_DIFFER = ('log_every', 'checkpoint_every', 'keep_checkpoints', 'tensorboard', 'progress',
+              'data_dir', 'download', 'eval_every')
+DTYPES = ('float32', 'float64')
+
+
+class TrainResult(NamedTuple):
+  state: train_lib.TrainState
+  genotype: Genotype
+  test: dict | None  # the last evaluation: {'loss', 'top1', 'top5', 'examples'}
+  best_top1: float | None
+
+
+def hparams_from_config(cfg: Mapping, steps_per_epoch: int) -> train_lib.TrainHParams:
+  fields = {f.name for f in dataclasses.fields(train_lib.TrainHParams)}
+  values = {k: cfg[k] for k in fields if k in cfg and k != 'steps_per_epoch'}
+  return train_lib.TrainHParams(steps_per_epoch=steps_per_epoch, **values)
+
+
+def _check_config(cfg: Mapping) -> None:
+  if cfg['dtype'] not in DTYPES:
+    raise ValueError(f"dtype={cfg['dtype']!r} is not supported; allowed: {', '.join(DTYPES)}")
+  for name in ('batch_size', 'init_channels', 'layers', 'epochs', 'stem_multiplier',
+               'eval_every'):
+    runs.check_int(cfg, name, 1)
+  for name, zero in (('log_every', 'off'), ('checkpoint_every', 'epoch ends only'),
+                     ('max_examples', 'all'), ('max_test_examples', 'all'),
+                     ('num_devices', 'all'), ('cutout_length', 'no cutout'),
+                     ('crop_padding', 'no crop')):
+    runs.check_int(cfg, name, 0, zero)
+  runs.check_int(cfg, 'keep_checkpoints', 1)
+  hparams_from_config(cfg, steps_per_epoch=1)  # the optimiser settings, before any data is read
+
+
+def _model(cfg: Mapping, genotype: Genotype, dataset: data_lib.Dataset) -> NetworkCIFAR:
+  return NetworkCIFAR(C=cfg['init_channels'], num_classes=dataset.num_classes,
+                      layers=cfg['layers'], auxiliary=cfg['auxiliary'], genotype=genotype,
+                      stem_multiplier=cfg['stem_multiplier'],
+                      in_channels=dataset.images.shape[-1])
+
+
+def _check_shapes(cfg: Mapping, model: NetworkCIFAR, dataset: data_lib.Dataset, dtype) -> None:
+  image_size = tuple(dataset.images.shape[1:3])
+  reductions = len({cfg['layers'] // 3, 2 * cfg['layers'] // 3})
+  check_image_size((1, *image_size, model.in_channels), reductions, model.in_channels, dtype)
+  if cfg['auxiliary']:
+    # the auxiliary head pools the map after cell 2*layers//3 to 2x2 (8x8 at 32x32 inputs)
+    h, w = (n // 2 ** reductions for n in image_size)
+    if [(n - 5) // 3 + 1 if n >= 5 else 0 for n in (h, w)] != [2, 2]:
+      raise ValueError(f'auxiliary=True needs 32x32 images (the head pools an 8x8 map to '
+                       f'2x2); {dataset.name} has {image_size[0]}x{image_size[1]}: set '
+                       'auxiliary=False')
+
+
+def param_counts(params) -> tuple[int, int]:
+  """``(without, with)`` the auxiliary head: the original reports the first."""
+  total = num_params(params)
+  return total - num_params(params.get('aux', {})), total
+
+
+def _eval_batches(n: int, batch: int):
+  """Index arrays of full-size batches covering ``0..n-1`` once, and a mask that drops the
+  padding of the last one (one static shape: one compilation)."""
+  steps = -(-n // batch)
+  index = np.arange(steps * batch) % n
+  mask = np.arange(steps * batch) < n
+  return index.reshape(steps, batch), mask.reshape(steps, batch)
+
+
+def evaluate(eval_fn: Callable, params, batch_stats, test_set: data_lib.Dataset,
+             batch: int) -> dict[str, float]:
+  """Mean loss, top-1 and top-5 accuracy over the whole of ``test_set`` (eval-mode BN)."""
+  sums = {'loss': 0.0, 'top1': 0.0, 'top5': 0.0, 'examples': 0.0}
+  index, mask = _eval_batches(len(test_set.labels), batch)
+  for i, m in zip(index, mask):
+    out = jax.device_get(eval_fn(params, batch_stats, test_set.images[i], test_set.labels[i], m))
+    sums = {k: sums[k] + float(out[k]) for k in sums}
+  n = sums['examples']
+  return {'loss': sums['loss'] / n, 'top1': sums['top1'] / n, 'top5': sums['top5'] / n,
+          'examples': int(n)}
+
+
+class _Setup(NamedTuple):
+  cfg: dict
+  dtype: jnp.dtype
+  genotype: Genotype
+  model: NetworkCIFAR
+  train_set: data_lib.Dataset
+  test_set: data_lib.Dataset
+  hp: train_lib.TrainHParams
+  mesh: jax.sharding.Mesh
+
+
+def _setup(cfg: Mapping, need_train: bool = True) -> _Setup:
+  """Everything a run needs that can fail on bad input, before anything is written."""
+  cfg = dict(cfg)
+  _check_config(cfg)
+  dtype = jnp.dtype(cfg['dtype'])
+  if dtype == jnp.float64 and not jax.config.jax_enable_x64:
+    jax.config.update('jax_enable_x64', True)
+  genotype = load_genotype(cfg['genotype'])
+  genotype.validate_ops(list(OPS))
+  data_dir = cfg['data_dir'] or data_lib.default_data_dir()
+  test_set = runs.subset(data_lib.load_dataset(cfg['dataset'], 'test', data_dir, cfg['download']),
+                         cfg['max_test_examples'])
+  train_set = test_set
+  if need_train:
+    train_set = runs.subset(
+        data_lib.load_dataset(cfg['dataset'], 'train', data_dir, cfg['download']),
+        cfg['max_examples'])
+  batch = cfg['batch_size']
+  if batch > len(train_set.labels):
+    raise ValueError(f'batch_size={batch} exceeds the {len(train_set.labels)} training examples '
+                     f'of {cfg["dataset"]!r}')
+  hp = hparams_from_config(cfg, data_lib.steps_per_epoch(len(train_set.labels), batch))
+  mesh = make_mesh(cfg['num_devices'] or None)  # 0: every device
+  check_batch_divisible(batch, mesh)
+  model = _model(cfg, genotype, train_set)
+  _check_shapes(cfg, model, train_set, dtype)
+  return _Setup(cfg, dtype, genotype, model, train_set, test_set, hp, mesh)
+
+
+def _eval_fn(s: _Setup):
+  mean, std = s.train_set.mean, s.train_set.std
+  return train_lib.jit_eval_step(
+      s.model, s.mesh, lambda images: data_lib.normalize(images, mean, std).astype(s.dtype))
+
+
+def run_train(cfg: Mapping, workdir: str, *,
+              log: Callable[[str], None] = print) -> TrainResult:
+  """Runs (or resumes) the training described by ``cfg`` (see ``experiments/configs/train.py``)
+  in ``workdir``. An interruption or error checkpoints the steps done so far before it
+  propagates; calling again resumes. The best test top-1 epoch is kept in ``workdir/best``.
+  """
+  s = _setup(cfg)
+  cfg, hp, model, train_set, mesh = s.cfg, s.hp, s.model, s.train_set, s.mesh
+  batch, spe = cfg['batch_size'], s.hp.steps_per_epoch
+  resumed = ckpt_lib.check_run_config(workdir, cfg, MAY_DIFFER)
+  runs.write_atomic(os.path.join(workdir, 'genotype.txt'), s.genotype.to_string() + '\n')
+
+  mean, std = train_set.mean, train_set.std
+
+  def preprocess(key, images):  # the original's transforms, cutout last (after Normalize)
+    k_aug, k_cut = jax.random.split(key)
+    x = data_lib.augment(k_aug, images, mean, std, cfg['crop_padding'], cfg['flip'])
+    return data_lib.cutout(k_cut, x, cfg['cutout_length']).astype(s.dtype)
+
+  step_fn = train_lib.jit_train_step(hp, model, mesh, preprocess)
+  eval_fn = _eval_fn(s)
+  state = train_lib.init_train_state(hp, model, jax.random.PRNGKey(cfg['seed']),
+                                     tuple(train_set.images.shape[1:3]),
+                                     train_set.images.shape[-1], s.dtype)
+  checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, 'checkpoints'),
+                                     cfg['keep_checkpoints'])
+  best_checkpoint = ckpt_lib.Checkpoints(os.path.join(workdir, 'best'), 1)
+  writer = MetricWriter(workdir, cfg['tensorboard'])
+  without_aux, with_aux = param_counts(state.params)
+  if checkpoints.latest_step() is not None:
+    state, _ = checkpoints.restore(state)
+    log(f'resuming {workdir} from step {int(state.step)} '
+        f'(epoch {int(state.step) // spe + 1}, step {int(state.step) % spe + 1} of {spe})')
+  elif resumed:
+    log(f'{workdir} has this run\'s config but no checkpoint: starting from step 0')
+  step = int(state.step)
+  writer.truncate_after(step)
+  records = [r for r in writer.records() if r.get('kind') == 'epoch' and 'test_top1' in r]
+  best = max((r['test_top1'] for r in records), default=None)
+  state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  total = hp.epochs * spe
+  if step == 0:
+    log(f'training {s.genotype.to_string()}\n  on {cfg["dataset"]} '
+        f'{tuple(train_set.images.shape[1:])}: {len(train_set.labels)} training, '
+        f'{len(s.test_set.labels)} test examples; {hp.epochs} epochs x {spe} steps, batch '
+        f'{batch} on {mesh.size} device(s); {cfg["layers"]} cells, C={cfg["init_channels"]}')
+  log(f'parameters: {without_aux:,} ' + (f'({with_aux:,} with the auxiliary head)'
+                                          if cfg['auxiliary'] else '(no auxiliary head)'))
+
+  def guard():
+    bad = int(state.nonfinite_step)
+    if bad >= 0:
+      raise runs.nonfinite_error(bad, spe, checkpoints.latest_step(), workdir)
+
+  def save():
+    guard()
+    checkpoints.save(int(state.step), state, {'epoch': int(state.step) // spe})
+
+  test = None
+  if step < total:  # compile ahead of the first step, so that its cost is visible and named
+    log('compiling the training step ...')
+    t0 = time.perf_counter()
+    step_fn = step_fn.lower(state, (train_set.images[:batch], train_set.labels[:batch])).compile()
+    log(f'compiled in {time.perf_counter() - t0:.1f} s')
+  try:
+    while step < total:
+      epoch = step // spe
+      order = data_lib.epoch_order(len(train_set.labels), batch, cfg['seed'], epoch)
+      bar = runs.progress(spe, step % spe, f'epoch {epoch + 1}/{hp.epochs}', cfg['progress'])
+      t0 = time.perf_counter()
+      while step < (epoch + 1) * spe:
+        i = order[step % spe]
+        state, _ = step_fn(state, (train_set.images[i], train_set.labels[i]))
+        step += 1
+        bar.update(1)
+        if cfg['log_every'] and step % cfg['log_every'] == 0:
+          guard()
+          m = jax.device_get(state.metrics)
+          bar.set_postfix(loss=f'{m.loss / m.steps:.3f}', acc=f'{m.correct / m.examples:.3f}')
+          writer.write({'kind': 'train', 'step': step, 'train_loss': m.loss / m.steps},
+                       {'train/loss_running': m.loss / m.steps})
+        if cfg['checkpoint_every'] and step % cfg['checkpoint_every'] == 0 and step % spe:
+          save()
+      bar.close()
+      guard()
+      m = jax.device_get(state.metrics)
+      record = {'kind': 'epoch', 'epoch': epoch + 1, 'step': step,
+                'lr': float(train_lib.cosine_per_epoch(hp.lr, hp.lr_min, hp.epochs, spe)(
+                    epoch * spe)),
+                'drop_path_prob': float(train_lib.drop_path_prob(hp, epoch * spe)),
+                'train_loss': float(m.loss / m.steps),
+                'train_acc': float(m.correct / m.examples),
+                'seconds': time.perf_counter() - t0}
+      if (epoch + 1) % cfg['eval_every'] == 0 or step == total:
+        test = evaluate(eval_fn, state.params, state.batch_stats, s.test_set, batch)
+        record.update(test_loss=test['loss'], test_top1=test['top1'], test_top5=test['top5'])
+      writer.write(record, {k: record[k] for k in ('train_loss', 'train_acc', 'lr', 'test_loss',
+                                                   'test_top1', 'test_top5') if k in record})
+      log(_epoch_report(record))
+      save()
+      if 'test_top1' in record and (best is None or record['test_top1'] > best):
+        best = record['test_top1']
+        best_checkpoint.save(step, state, {'epoch': epoch + 1, 'test_top1': best})
+  except (KeyboardInterrupt, Exception) as e:
+    runs.on_stop(e, state, checkpoints, save, log)
+    raise
+  finally:
+    writer.close()
+    checkpoints.close()
+    best_checkpoint.close()
+
+  if best is not None:
+    log(f'training done: {total} steps; best test top-1 {best:.4f} (checkpoint in '
+        f'{workdir}/best)')
+  return TrainResult(jax.device_get(state), s.genotype, test, best)
+
+
+def _epoch_report(r: Mapping) -> str:
+  text = (f'epoch {r["epoch"]}: lr {r["lr"]:.5f}  drop path {r["drop_path_prob"]:.3f}  train '
+          f'loss {r["train_loss"]:.4f} acc {r["train_acc"]:.4f}')
+  if 'test_top1' in r:
+    text += (f'  test loss {r["test_loss"]:.4f} top-1 {r["test_top1"]:.4f} top-5 '
+             f'{r["test_top5"]:.4f}')
+  return text + f'  {r["seconds"]:.1f} s'
+
+
+def evaluate_checkpoint(cfg: Mapping, workdir: str | None = None, which: str = 'best',
+                        weights: str | None = None, *,
+                        log: Callable[[str], None] = print) -> dict[str, float]:
+  """Test-set loss, top-1 and top-5 of a trained network: a run's ``best`` or ``last``
+  checkpoint in ``workdir``, or ``weights``, an ``.npz`` of the original's released weights
+  (``experiments.convert_torch_checkpoint``) for the network ``cfg`` describes."""
+  if (workdir is None) == (weights is None):
+    raise ValueError('give either a training workdir or --weights=FILE.npz')
+  if which not in ('best', 'last'):
+    raise ValueError(f"checkpoint={which!r}: allowed: best, last")
+  if weights is not None and not os.path.isfile(weights):
+    raise ValueError(f'weights={weights!r}: no such file')
+  s = _setup(cfg, need_train=False)
+  state = train_lib.init_train_state(s.hp, s.model, jax.random.PRNGKey(0),
+                                     tuple(s.test_set.images.shape[1:3]),
+                                     s.test_set.images.shape[-1], s.dtype)
+  if weights is not None:
+    from darts_jax import interop
+    variables = interop.from_original(
+        interop.load_npz_weights(weights),
+        {'params': state.params, 'batch_stats': state.batch_stats})
+    params, stats = variables['params'], variables['batch_stats']
+    source = weights
+  else:
+    directory = os.path.join(workdir, 'best' if which == 'best' else 'checkpoints')
+    checkpoints = ckpt_lib.Checkpoints(directory)
+    try:
+      if checkpoints.latest_step() is None:
+        raise ValueError(f'no {which} checkpoint in {directory}')
+      restored, meta = checkpoints.restore(state)
+    finally:
+      checkpoints.close()
+    params, stats = restored.params, restored.batch_stats
+    epoch = f', epoch {meta["epoch"]}' if meta and 'epoch' in meta else ''
+    source = f'{directory} (step {int(restored.step)}{epoch})'
+  result = evaluate(_eval_fn(s), params, stats, s.test_set, s.cfg['batch_size'])
+  log(f'{source}: test loss {result["loss"]:.4f}  top-1 {result["top1"]:.4f}  top-5 '
+      f'{result["top5"]:.4f}  ({result["examples"]} {s.cfg["dataset"]} test images)')
+  return result
