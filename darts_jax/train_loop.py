@@ -257,10 +257,14 @@ def run_train(cfg: Mapping, workdir: str, *,
       writer.write(record, {k: record[k] for k in ('train_loss', 'train_acc', 'lr', 'test_loss',
                                                    'test_top1', 'test_top5') if k in record})
       log(_epoch_report(record))
-      save()
+      guard()
       if 'test_top1' in record and (best is None or record['test_top1'] > best):
+        # before the latest checkpoint: a run resumed from there has its best epoch on disk. A
+        # run interrupted between the two redoes this epoch bit for bit: its save is on disk.
         best = record['test_top1']
-        best_checkpoint.save(step, state, {'epoch': epoch + 1, 'test_top1': best})
+        if best_checkpoint.latest_step() != step:
+          best_checkpoint.save(step, state, {'epoch': epoch + 1, 'test_top1': best})
+      save()
   except (KeyboardInterrupt, Exception) as e:
     runs.on_stop(e, state, checkpoints, save, log)
     raise
