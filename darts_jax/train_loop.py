@@ -141,7 +141,7 @@ def _setup(cfg: Mapping, need_train: bool = True) -> _Setup:
         data_lib.load_dataset(cfg['dataset'], 'train', data_dir, cfg['download']),
         cfg['max_examples'])
   batch = cfg['batch_size']
-  if batch > len(train_set.labels):
+  if need_train and batch > len(train_set.labels):
     raise ValueError(f'batch_size={batch} exceeds the {len(train_set.labels)} training examples '
                      f'of {cfg["dataset"]!r}')
   hp = hparams_from_config(cfg, data_lib.steps_per_epoch(len(train_set.labels), batch))
@@ -313,6 +313,8 @@ def evaluate_checkpoint(cfg: Mapping, workdir: str | None = None, which: str = '
     source = weights
   else:
     directory = os.path.join(workdir, 'best' if which == 'best' else 'checkpoints')
+    if not os.path.isdir(directory):
+      raise ValueError(f'no {which} checkpoint in {workdir} ({directory} does not exist)')
     checkpoints = ckpt_lib.Checkpoints(directory)
     try:
       if checkpoints.latest_step() is None:
