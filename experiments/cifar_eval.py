@@ -43,6 +43,10 @@ def run(config: dict, workdir: str | None, extra: dict) -> None:
       raise cli.UsageError(f'--workdir={workdir}: no config.json there (not a training run)')
     with open(path) as f:
       stored = json.load(f)
+    missing = sorted(set(config) - set(stored))
+    if missing:
+      raise cli.UsageError(f'--workdir={workdir} is not a training run (its config.json has no '
+                           f'{", ".join(missing[:3])})')
     # the command line's overrides are the keys where it differs from its own preset
     preset = cli_preset_defaults(config['preset'])
     stored.update({k: config[k] for k in EVAL_KEYS if config[k] != preset[k]})

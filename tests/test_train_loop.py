@@ -212,3 +212,13 @@ def test_eval_cli_bad_input(args, message):
   assert result.returncode == 2, result.stderr
   assert message in result.stderr
   assert 'Traceback' not in result.stderr
+
+
+def test_eval_cli_refuses_a_search_workdir(tmp_path):
+  from experiments.configs.search import get_config as search_config
+  (tmp_path / 'config.json').write_text(json.dumps(search_config('tiny').to_dict()))
+  result = _cli('experiments.cifar_eval', f'--workdir={tmp_path}')
+  message = f'--workdir={tmp_path} is not a training run (its config.json has no '
+  assert result.returncode == 2, result.stderr
+  assert message in result.stderr
+  assert 'Traceback' not in result.stderr
