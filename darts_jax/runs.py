@@ -3,9 +3,14 @@ progress bar, the non-finite guard's error, and keeping the last steps on the wa
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
-from typing import Callable
+import time
+from typing import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
 
 from darts_jax.data import Dataset
 
@@ -64,3 +69,45 @@ def check_int(cfg, name: str, minimum: int, meaning_of_zero: str = '') -> None:
   if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
     zero = f' (0: {meaning_of_zero})' if meaning_of_zero else ''
     raise ValueError(f'{name}={value!r}: must be an integer >= {minimum}{zero}')
+
+
+DTYPES = ('float32', 'float64')
+
+
+def run_dtype(cfg: Mapping) -> jnp.dtype:
+  """The run's float dtype (``cfg['dtype']``), with 64-bit JAX switched on for float64."""
+  if cfg['dtype'] not in DTYPES:
+    raise ValueError(f"dtype={cfg['dtype']!r} is not supported; allowed: {', '.join(DTYPES)}")
+  dtype = jnp.dtype(cfg['dtype'])
+  if dtype == jnp.float64 and not jax.config.jax_enable_x64:
+    jax.config.update('jax_enable_x64', True)
+  return dtype
+
+
+def hparams_from_config(cls, cfg: Mapping, steps_per_epoch: int):
+  """The hyperparameter dataclass ``cls`` from the config keys that name its fields."""
+  fields = {f.name for f in dataclasses.fields(cls)}
+  values = {k: cfg[k] for k in fields if k in cfg and k != 'steps_per_epoch'}
+  return cls(steps_per_epoch=steps_per_epoch, **values)
+
+
+def restore_latest(checkpoints, state, workdir: str, resumed: bool, steps_per_epoch: int,
+                   log: Callable[[str], None]):
+  """The latest checkpoint of the run in ``workdir`` if there is one, else ``state``."""
+  if checkpoints.latest_step() is not None:
+    state, _ = checkpoints.restore(state)
+    step = int(state.step)
+    log(f'resuming {workdir} from step {step} (epoch {step // steps_per_epoch + 1}, step '
+        f'{step % steps_per_epoch + 1} of {steps_per_epoch})')
+  elif resumed:
+    log(f'{workdir} has this run\'s config but no checkpoint: starting from step 0')
+  return state
+
+
+def compile_ahead(step_fn, args: tuple, what: str, log: Callable[[str], None]):
+  """``step_fn`` compiled for ``args`` before the first step, so that its cost is visible."""
+  log(f'compiling {what} ...')
+  t0 = time.perf_counter()
+  compiled = step_fn.lower(*args).compile()
+  log(f'compiled in {time.perf_counter() - t0:.1f} s')
+  return compiled

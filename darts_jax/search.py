@@ -223,6 +223,22 @@ def all_finite(*trees) -> jax.Array:
   return jnp.all(jnp.stack([jnp.isfinite(hg.tree_norm(t)) for t in trees]))
 
 
+def epoch_sums(metrics, step, steps_per_epoch: int):
+  """The running sums ``metrics``, zeroed at each epoch's first step."""
+  first_of_epoch = step % steps_per_epoch == 0
+  return jax.tree_util.tree_map(lambda m: jnp.where(first_of_epoch, jnp.zeros_like(m), m),
+                                metrics)
+
+
+def keep_if_finite(new, old, *checked):
+  """``new``, or ``old`` unchanged when a tree of ``checked`` is not finite or an earlier step
+  was not; ``nonfinite_step`` records the first such step, so every later step is a no-op."""
+  ok = (old.nonfinite_step < 0) & all_finite(*checked)
+  kept = jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)
+  nonfinite = jnp.where((old.nonfinite_step < 0) & ~ok, old.step, old.nonfinite_step)
+  return kept._replace(nonfinite_step=nonfinite)
+
+
 def search_step(hp: SearchHParams, loss: Callable, state: SearchState, train: Batch, val: Batch,
                 preprocess: Callable | None = None) -> tuple[SearchState, hg.HypergradientAux]:
   """One DARTS search step (Algorithm 1): alpha first, then w on the train batch with the new
@@ -248,9 +264,7 @@ def search_step(hp: SearchHParams, loss: Callable, state: SearchState, train: Ba
   labels = train[1]
   correct = jnp.sum(jnp.argmax(loss_aux.logits, -1) == labels).astype(jnp.int32)
   hypergrad_norm = hg.tree_norm(g_alpha)
-  first_of_epoch = state.step % hp.steps_per_epoch == 0
-  previous = jax.tree_util.tree_map(lambda m: jnp.where(first_of_epoch, jnp.zeros_like(m), m),
-                                    state.metrics)
+  previous = epoch_sums(state.metrics, state.step, hp.steps_per_epoch)
   metrics = SearchMetrics(
       previous.steps + 1, previous.train_loss + train_loss.astype(previous.train_loss.dtype),
       previous.train_correct + correct, previous.train_examples + labels.shape[0],
@@ -259,10 +273,7 @@ def search_step(hp: SearchHParams, loss: Callable, state: SearchState, train: Ba
   new = SearchState(state.step + 1, weights, alphas, loss_aux.batch_stats, w_opt_state,
                     alpha_opt_state, state.rng, metrics, state.nonfinite_step)
 
-  ok = (state.nonfinite_step < 0) & all_finite(train_loss, aux.val_loss, g_alpha, g_w)
-  kept = jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, state)
-  nonfinite = jnp.where((state.nonfinite_step < 0) & ~ok, state.step, state.nonfinite_step)
-  return kept._replace(nonfinite_step=nonfinite), aux
+  return keep_if_finite(new, state, train_loss, aux.val_loss, g_alpha, g_w), aux
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ exactly as it would have without the interruption.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -31,7 +30,6 @@ from darts_jax.supernet import (SupernetConfig, check_image_size, init_alphas, i
 # config keys that may change between a run and its resumption (they do not change results)
 MAY_DIFFER = ('log_every', 'checkpoint_every', 'keep_checkpoints', 'plots', 'tensorboard',
               'progress', 'data_dir', 'download')
-DTYPES = ('float32', 'float64')
 
 
 class SearchResult(NamedTuple):
@@ -42,22 +40,15 @@ class SearchResult(NamedTuple):
 
 
 def hparams_from_config(cfg: Mapping, steps_per_epoch: int) -> search_lib.SearchHParams:
-  fields = {f.name for f in dataclasses.fields(search_lib.SearchHParams)}
-  values = {k: cfg[k] for k in fields if k in cfg and k not in ('steps_per_epoch',)}
-  return search_lib.SearchHParams(steps_per_epoch=steps_per_epoch, **values)
+  return runs.hparams_from_config(search_lib.SearchHParams, cfg, steps_per_epoch)
 
 
 def _check_config(cfg: Mapping) -> None:
-  if cfg['dtype'] not in DTYPES:
-    raise ValueError(f"dtype={cfg['dtype']!r} is not supported; allowed: {', '.join(DTYPES)}")
   for name in ('batch_size', 'init_channels', 'layers', 'epochs'):
-    value = cfg[name]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-      raise ValueError(f'{name}={value!r}: must be an integer >= 1')
+    runs.check_int(cfg, name, 1)
   for name in ('log_every', 'checkpoint_every', 'max_examples', 'eval_batches', 'num_devices'):
-    if not isinstance(cfg[name], int) or cfg[name] < 0:
-      raise ValueError(f'{name}={cfg[name]!r}: must be an integer >= 0 (0: '
-                       f'{"all" if name in ("max_examples", "eval_batches", "num_devices") else "off"})')
+    runs.check_int(cfg, name, 0, 'all' if name in ('max_examples', 'eval_batches',
+                                                     'num_devices') else 'off')
   if not 0 < cfg['train_portion'] < 1:
     raise ValueError(f"train_portion={cfg['train_portion']!r}: must be in (0, 1)")
   hparams_from_config(cfg, steps_per_epoch=1)  # the optimiser settings, before any data is read
@@ -118,9 +109,7 @@ def run_search(cfg: Mapping, workdir: str, *,
   """
   cfg = dict(cfg)
   _check_config(cfg)
-  dtype = jnp.dtype(cfg['dtype'])
-  if dtype == jnp.float64 and not jax.config.jax_enable_x64:
-    jax.config.update('jax_enable_x64', True)
+  dtype = runs.run_dtype(cfg)
 
   # data first: a bad data directory fails before anything is written
   data_dir = cfg['data_dir'] or data_lib.default_data_dir()
@@ -162,12 +151,7 @@ def run_search(cfg: Mapping, workdir: str, *,
   checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, 'checkpoints'),
                                      cfg['keep_checkpoints'])
   writer = MetricWriter(workdir, cfg['tensorboard'])
-  if checkpoints.latest_step() is not None:
-    state, _ = checkpoints.restore(state)
-    log(f'resuming {workdir} from step {int(state.step)} '
-        f'(epoch {int(state.step) // spe + 1}, step {int(state.step) % spe + 1} of {spe})')
-  elif resumed:
-    log(f'{workdir} has this run\'s config but no checkpoint: starting from step 0')
+  state = runs.restore_latest(checkpoints, state, workdir, resumed, spe, log)
   step = int(state.step)
   writer.truncate_after(step)
   records = [r for r in writer.records() if r.get('kind') == 'epoch']
@@ -193,12 +177,10 @@ def run_search(cfg: Mapping, workdir: str, *,
     checkpoints.save(int(state.step), state, {'epoch': int(state.step) // spe})
 
   genotype = derive_genotype(jax.device_get(state.alphas), primitives, net.steps, net.multiplier)
-  if step < total:  # compile ahead of the first step, so that its cost is visible and named
-    log(f'compiling the search step ({hp.estimator}) ...')
-    t0 = time.perf_counter()
+  if step < total:
     example = (train_set.images[:batch], train_set.labels[:batch])
-    step_fn = step_fn.lower(state, example, example).compile()
-    log(f'compiled in {time.perf_counter() - t0:.1f} s')
+    step_fn = runs.compile_ahead(step_fn, (state, example, example),
+                                 f'the search step ({hp.estimator})', log)
   try:
     while step < total:
       epoch = step // spe

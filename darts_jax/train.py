@@ -21,7 +21,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from darts_jax import ops as ops_lib
-from darts_jax.search import all_finite, clip_by_global_norm_torch, cosine_per_epoch
+from darts_jax.search import (clip_by_global_norm_torch, cosine_per_epoch, epoch_sums,
+                              keep_if_finite)
 from darts_jax.supernet import cross_entropy
 
 Pytree = Any
@@ -135,19 +136,14 @@ def train_step(hp: TrainHParams, model: nn.Module, state: TrainState, batch: Bat
   params = optax.apply_updates(state.params, updates)
 
   labels = batch[1]
-  first_of_epoch = state.step % hp.steps_per_epoch == 0
-  previous = jax.tree_util.tree_map(lambda m: jnp.where(first_of_epoch, jnp.zeros_like(m), m),
-                                    state.metrics)
+  previous = epoch_sums(state.metrics, state.step, hp.steps_per_epoch)
   metrics = TrainMetrics(
       previous.steps + 1, previous.loss + value.astype(previous.loss.dtype),
       previous.correct + jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.int32),
       previous.examples + labels.shape[0])
   new = TrainState(state.step + 1, params, stats, opt_state, state.rng, metrics,
                    state.nonfinite_step)
-  ok = (state.nonfinite_step < 0) & all_finite(value, grads)
-  kept = jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, state)
-  nonfinite = jnp.where((state.nonfinite_step < 0) & ~ok, state.step, state.nonfinite_step)
-  return kept._replace(nonfinite_step=nonfinite), value
+  return keep_if_finite(new, state, value, grads), value
 
 
 def jit_train_step(hp: TrainHParams, model: nn.Module, mesh: Mesh,

@@ -9,7 +9,6 @@ checkpoint continues bit for bit as it would have without the interruption. ``ev
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from typing import Callable, Mapping, NamedTuple
@@ -33,7 +32,6 @@ from darts_jax.supernet import check_image_size, num_params
 # config keys that may change between a run and its resumption (they do not change results)
 MAY_DIFFER = ('log_every', 'checkpoint_every', 'keep_checkpoints', 'tensorboard', 'progress',
               'data_dir', 'download', 'eval_every')
-DTYPES = ('float32', 'float64')
 
 
 class TrainResult(NamedTuple):
@@ -44,14 +42,10 @@ class TrainResult(NamedTuple):
 
 
 def hparams_from_config(cfg: Mapping, steps_per_epoch: int) -> train_lib.TrainHParams:
-  fields = {f.name for f in dataclasses.fields(train_lib.TrainHParams)}
-  values = {k: cfg[k] for k in fields if k in cfg and k != 'steps_per_epoch'}
-  return train_lib.TrainHParams(steps_per_epoch=steps_per_epoch, **values)
+  return runs.hparams_from_config(train_lib.TrainHParams, cfg, steps_per_epoch)
 
 
 def _check_config(cfg: Mapping) -> None:
-  if cfg['dtype'] not in DTYPES:
-    raise ValueError(f"dtype={cfg['dtype']!r} is not supported; allowed: {', '.join(DTYPES)}")
   for name in ('batch_size', 'init_channels', 'layers', 'epochs', 'stem_multiplier',
                'eval_every'):
     runs.check_int(cfg, name, 1)
@@ -127,9 +121,7 @@ def _setup(cfg: Mapping, need_train: bool = True) -> _Setup:
   """Everything a run needs that can fail on bad input, before anything is written."""
   cfg = dict(cfg)
   _check_config(cfg)
-  dtype = jnp.dtype(cfg['dtype'])
-  if dtype == jnp.float64 and not jax.config.jax_enable_x64:
-    jax.config.update('jax_enable_x64', True)
+  dtype = runs.run_dtype(cfg)
   genotype = load_genotype(cfg['genotype'])
   genotype.validate_ops(list(OPS))
   data_dir = cfg['data_dir'] or data_lib.default_data_dir()
@@ -187,12 +179,7 @@ def run_train(cfg: Mapping, workdir: str, *,
   best_checkpoint = ckpt_lib.Checkpoints(os.path.join(workdir, 'best'), 1)
   writer = MetricWriter(workdir, cfg['tensorboard'])
   without_aux, with_aux = param_counts(state.params)
-  if checkpoints.latest_step() is not None:
-    state, _ = checkpoints.restore(state)
-    log(f'resuming {workdir} from step {int(state.step)} '
-        f'(epoch {int(state.step) // spe + 1}, step {int(state.step) % spe + 1} of {spe})')
-  elif resumed:
-    log(f'{workdir} has this run\'s config but no checkpoint: starting from step 0')
+  state = runs.restore_latest(checkpoints, state, workdir, resumed, spe, log)
   step = int(state.step)
   writer.truncate_after(step)
   records = [r for r in writer.records() if r.get('kind') == 'epoch' and 'test_top1' in r]
@@ -217,11 +204,10 @@ def run_train(cfg: Mapping, workdir: str, *,
     checkpoints.save(int(state.step), state, {'epoch': int(state.step) // spe})
 
   test = None
-  if step < total:  # compile ahead of the first step, so that its cost is visible and named
-    log('compiling the training step ...')
-    t0 = time.perf_counter()
-    step_fn = step_fn.lower(state, (train_set.images[:batch], train_set.labels[:batch])).compile()
-    log(f'compiled in {time.perf_counter() - t0:.1f} s')
+  if step < total:
+    step_fn = runs.compile_ahead(
+        step_fn, (state, (train_set.images[:batch], train_set.labels[:batch])),
+        'the training step', log)
   try:
     while step < total:
       epoch = step // spe
