@@ -66,10 +66,13 @@ def time_step(jitted, args: tuple, steps: int,
 
 
 def add_run_flags(parser, timeout_help: str) -> None:
-  """The flags both step benchmarks take: timed steps, depthwise lowering, timeout, and the
+  """The flags both step benchmarks take: timed steps, depthwise lowering, compute dtype,
+  timeout, and the
   hidden ``--one`` that makes a process measure one row (the parent runs one child per row)."""
   parser.add_argument('--steps', type=int, default=10, help='timed steps after one warm-up')
   parser.add_argument('--depthwise_impl', choices=['auto', 'taps', 'xla'], default='auto')
+  parser.add_argument('--compute_dtype', choices=['float32', 'bfloat16'], default='float32',
+                      help='bfloat16: mixed precision (float32 master weights, BN, loss)')
   parser.add_argument('--timeout', type=float, default=None, help=timeout_help)
   parser.add_argument('--one', action='store_true', help=argparse.SUPPRESS)
 

@@ -38,3 +38,9 @@ python -m benchmarks.search_step --preset "$PRESET" --estimators exact,first_ord
   --steps "$STEPS" --timeout 120 --out "$OUT/search_step_$PRESET.json" 2>&1 | tee "$OUT/search_step_$PRESET.txt"
 python -m benchmarks.train_step --preset "$PRESET" --steps "$STEPS" --timeout 60 \
   --out "$OUT/train_step_$PRESET.json" 2>&1 | tee "$OUT/train_step_$PRESET.txt"
+# bf16 mixed precision (float32 master weights, alphas, BN statistics, loss)
+python -m benchmarks.search_step --preset "$PRESET" --estimators exact,first_order \
+  --compute_dtype bfloat16 --steps "$STEPS" --timeout 120 --out "$OUT/search_step_${PRESET}_bf16.json" \
+  2>&1 | tee "$OUT/search_step_${PRESET}_bf16.txt"
+python -m benchmarks.train_step --preset "$PRESET" --compute_dtype bfloat16 --steps "$STEPS" \
+  --timeout 60 --out "$OUT/train_step_${PRESET}_bf16.json" 2>&1 | tee "$OUT/train_step_${PRESET}_bf16.txt"

@@ -27,7 +27,8 @@ PRESETS = {'tiny': dict(layers=3, C=4, batch=8), 'small': dict(layers=5, C=8, ba
 ROWS = ('first_order', 'exact', 'finite_difference', 'unrolled', 'implicit', 'weight_step')
 
 
-def measure(preset: str, row: str, steps: int, depthwise_impl: str = 'auto') -> dict:
+def measure(preset: str, row: str, steps: int, depthwise_impl: str = 'auto',
+            compute_dtype: str = 'float32') -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -46,7 +47,7 @@ def measure(preset: str, row: str, steps: int, depthwise_impl: str = 'auto') -> 
   batch = lambda: (jnp.asarray(rng.normal(size=(p['batch'], 32, 32, 3)), jnp.float32),
                    jnp.asarray(rng.integers(0, 10, p['batch']), jnp.int32))
   train, val = batch(), batch()
-  loss = make_loss(net)
+  loss = make_loss(net, compute_dtype=None if compute_dtype == 'float32' else compute_dtype)
   if row == 'weight_step':
     def weight_only(state, train):
       weights, w_opt_state, *_ = S.weight_step(hp, loss, state.weights, state.alphas,
@@ -61,7 +62,8 @@ def measure(preset: str, row: str, steps: int, depthwise_impl: str = 'auto') -> 
     result, (state, _) = common.time_step(jitted, (state, train, val), steps,
                                           lambda out, args: (out[0], *args[1:]))
   finite = bool(np.isfinite(float(S.hg.tree_norm(state.weights))))
-  return {'preset': preset, **p, 'row': row, 'depthwise_impl': depthwise_impl, **result,
+  return {'preset': preset, **p, 'row': row, 'depthwise_impl': depthwise_impl,
+          'compute_dtype': compute_dtype, **result,
           'finite': finite}
 
 
@@ -101,14 +103,16 @@ def main(argv=None) -> int:
     return 2
   if args.one:
     import json
-    print(json.dumps(measure(args.preset, names[0], args.steps, args.depthwise_impl)))
+    print(json.dumps(measure(args.preset, names[0], args.steps, args.depthwise_impl,
+                             args.compute_dtype)))
     return 0
   rows, failures = [], {}
   print(common.header(f'{args.preset}: row'), flush=True)
   for name in names:
     row, why = common.run_child('benchmarks.search_step',
                                 ['--preset', args.preset, '--estimators', name, '--steps',
-                                 str(args.steps), '--depthwise_impl', args.depthwise_impl],
+                                 str(args.steps), '--depthwise_impl', args.depthwise_impl,
+                                 '--compute_dtype', args.compute_dtype],
                                 args.timeout)
     if row is None:
       failures[name] = why

@@ -22,7 +22,8 @@ PRESETS = {'tiny': dict(layers=5, C=8, batch=8), 'small': dict(layers=8, C=16, b
            'paper': dict(layers=20, C=36, batch=96)}
 
 
-def measure(preset: str, genotype: str, steps: int, depthwise_impl: str = 'auto') -> dict:
+def measure(preset: str, genotype: str, steps: int, depthwise_impl: str = 'auto',
+            compute_dtype: str = 'float32') -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -41,11 +42,13 @@ def measure(preset: str, genotype: str, steps: int, depthwise_impl: str = 'auto'
   rng = np.random.default_rng(0)
   batch = (jnp.asarray(rng.normal(size=(p['batch'], 32, 32, 3)), jnp.float32),
            jnp.asarray(rng.integers(0, 10, p['batch']), jnp.int32))
-  jitted = T.jit_train_step(hp, model, make_mesh(1))
+  loss = T.make_train_loss(model, hp.auxiliary_weight,
+                           None if compute_dtype == 'float32' else compute_dtype)
+  jitted = T.jit_train_step(hp, model, make_mesh(1), loss=loss)
   result, (state, _) = common.time_step(jitted, (state, batch), steps,
                                         lambda out, args: (out[0], args[1]))
   return {'preset': preset, **p, 'row': 'train_step', 'genotype': genotype,
-          'depthwise_impl': depthwise_impl, 'params': num_params(state.params), **result,
+          'depthwise_impl': depthwise_impl, 'compute_dtype': compute_dtype, 'params': num_params(state.params), **result,
           'finite': bool(np.isfinite(float(T.optax.tree.norm(state.params))))}
 
 
@@ -67,12 +70,14 @@ def main(argv=None) -> int:
     print(f'error: --genotype: {e}', file=sys.stderr)
     return 2
   if args.one:
-    print(json.dumps(measure(args.preset, args.genotype, args.steps, args.depthwise_impl)))
+    print(json.dumps(measure(args.preset, args.genotype, args.steps, args.depthwise_impl,
+                             args.compute_dtype)))
     return 0
   print(common.header(f'{args.preset}: row'), flush=True)
   row, why = common.run_child('benchmarks.train_step',
                               ['--preset', args.preset, '--genotype', args.genotype, '--steps',
-                               str(args.steps), '--depthwise_impl', args.depthwise_impl],
+                               str(args.steps), '--depthwise_impl', args.depthwise_impl,
+                               '--compute_dtype', args.compute_dtype],
                               args.timeout)
   if row is None:
     print(f'{"train_step":22} {why}', flush=True)

@@ -78,7 +78,10 @@ class Checkpoints:
     return self.manager.latest_step()
 
   def save(self, step: int, state, metadata: Mapping | None = None) -> None:
-    named = {k: np.asarray(jax.device_get(v)) for k, v in flatten_named(state).items()}
+    """Every process of a multi-process run calls this: orbax writes each array's shards from
+    the process that holds them, and the metadata once."""
+    named = {k: v if isinstance(v, jax.Array) else np.asarray(v)
+             for k, v in flatten_named(state).items()}
     args = {'state': self._ocp.args.StandardSave(named)}
     if metadata is not None:
       args['metadata'] = self._ocp.args.JsonSave(dict(metadata))
@@ -86,26 +89,48 @@ class Checkpoints:
     self.manager.wait_until_finished()
 
   def restore(self, like, step: int | None = None):
-    """Restores into ``like``'s structure (host numpy leaves). Returns ``(state, metadata)``."""
+    """Restores into ``like``'s structure: onto ``like``'s devices and shardings where its
+    leaves are ``jax.Array`` s (each process reads only its shards), else as numpy. Returns
+    ``(state, metadata)``."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError('no checkpoint to restore')
-    abstract = {k: jax.ShapeDtypeStruct(np.shape(v), _dtype(v))
+    host = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    on_device = {k: isinstance(v, jax.Array) for k, v in flatten_named(like).items()}
+    abstract = {k: jax.ShapeDtypeStruct(np.shape(v), _dtype(v),
+                                        sharding=v.sharding if on_device[k] else host)
                 for k, v in flatten_named(like).items()}
-    items = {'state': self._ocp.args.StandardRestore(abstract)}
+    restored, metadata = self._restore(step, abstract)
+    named = {k: v if on_device[k] else np.asarray(v) for k, v in restored.items()}
+    return unflatten_named(named, like), metadata
+
+  def read(self, step: int | None = None) -> dict[str, np.ndarray]:
+    """Every entry of a checkpoint by name, as numpy, whatever devices and processes wrote it
+    (a multi-host run's checkpoint reads on a laptop)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError('no checkpoint to read')
+    host = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = {k: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=host)
+                for k, m in self.manager.item_metadata(step)['state'].items()}
+    return {k: np.asarray(v) for k, v in self._restore(step, abstract)[0].items()}
+
+  def _restore(self, step: int, abstract: Mapping[str, jax.ShapeDtypeStruct]):
+    items = {'state': self._ocp.args.StandardRestore(dict(abstract))}
     if 'metadata' in self.manager.item_metadata(step):
       items['metadata'] = self._ocp.args.JsonRestore()
     restored = self.manager.restore(step, args=self._ocp.args.Composite(**items))
-    named = {k: np.asarray(v) for k, v in restored['state'].items()}
-    return unflatten_named(named, like), restored.get('metadata') if 'metadata' in items else None
+    return restored['state'], restored.get('metadata') if 'metadata' in items else None
 
   def close(self) -> None:
     self.manager.close()
 
 
-def check_run_config(workdir: str, config: Mapping, may_differ: tuple[str, ...] = ()) -> bool:
-  """Guards a run directory: writes ``config.json`` on first use; afterwards the stored config
-  must equal ``config`` except for ``may_differ`` keys. Returns True if the workdir held a run.
+def check_run_config(workdir: str, config: Mapping, may_differ: tuple[str, ...] = (),
+                     write: bool = True) -> bool:
+  """Guards a run directory: writes ``config.json`` on first use (unless ``write`` is False:
+  the other processes of a multi-process run); afterwards the stored config must equal
+  ``config`` except for ``may_differ`` keys. Returns True if the workdir held a run.
 
   Raises ValueError naming the differing keys (nothing in the workdir is touched).
   """
@@ -122,6 +147,8 @@ def check_run_config(workdir: str, config: Mapping, may_differ: tuple[str, ...] 
       raise ValueError(f'workdir {workdir!r} holds a run with a different config ({shown}); '
                        'use a new --workdir or the same config to resume')
     return True
+  if not write:
+    return False
   os.makedirs(workdir, exist_ok=True)
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:

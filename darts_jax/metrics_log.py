@@ -23,12 +23,14 @@ def _jsonable(value: Any) -> Any:
 
 
 class MetricWriter:
-  """Appends records to ``workdir/metrics.jsonl`` and scalars to ``workdir/tensorboard``."""
+  """Appends records to ``workdir/metrics.jsonl`` and scalars to ``workdir/tensorboard``.
+  With ``enabled=False`` (every process but the first of a multi-process run) it only reads."""
 
-  def __init__(self, workdir: str, tensorboard: bool = True):
+  def __init__(self, workdir: str, tensorboard: bool = True, enabled: bool = True):
     self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.enabled = enabled
     self._tb = None
-    if tensorboard:
+    if tensorboard and enabled:
       try:
         from tensorboardX import SummaryWriter
         self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
@@ -45,6 +47,8 @@ class MetricWriter:
   def truncate_after(self, step: int) -> None:
     """Drops records written after ``step`` (a run resumed from an earlier checkpoint redoes
     them; keeping both would double-count)."""
+    if not self.enabled:
+      return
     records = self.records()
     kept = [r for r in records if r.get('step', 0) <= step]
     if len(kept) != len(records):
@@ -55,6 +59,8 @@ class MetricWriter:
 
   def write(self, record: Mapping[str, Any], scalars: Mapping[str, float] = ()) -> None:
     """One JSONL record (must hold ``step``) and its ``scalars`` in TensorBoard."""
+    if not self.enabled:
+      return
     with open(self.path, 'a') as f:
       f.write(json.dumps(_jsonable(record)) + '\n')
       f.flush()

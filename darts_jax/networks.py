@@ -7,8 +7,6 @@ PRNG stream (``rngs={'drop_path': key}``); it acts in training only and never on
 
 from __future__ import annotations
 
-from typing import Mapping
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp

@@ -278,10 +278,14 @@ def batch_norm(x: jax.Array, mean: jax.Array, var: jax.Array, train: bool,
 
   Returns ``(y, (new_mean, new_var))``: in training the batch's biased variance normalises and
   the running variance is updated with the unbiased one, exactly as ``torch.nn.BatchNorm2d``.
+  Statistics and the normalisation are computed in the running statistics' precision (float32
+  under bf16 mixed precision: a bf16 variance of a bf16 batch loses most of its digits); ``y``
+  has ``x``'s dtype.
   """
+  xs = x.astype(jnp.promote_types(x.dtype, mean.dtype))
   if train:
-    batch_mean = jnp.mean(x, axis=(0, 1, 2))
-    batch_var = jnp.mean(jnp.square(x - batch_mean), axis=(0, 1, 2))
+    batch_mean = jnp.mean(xs, axis=(0, 1, 2))
+    batch_var = jnp.mean(jnp.square(xs - batch_mean), axis=(0, 1, 2))
     n = x.shape[0] * x.shape[1] * x.shape[2]
     unbiased = batch_var * (n / max(n - 1, 1))
     new_stats = ((1 - momentum) * mean + momentum * lax.stop_gradient(batch_mean),
@@ -290,7 +294,7 @@ def batch_norm(x: jax.Array, mean: jax.Array, var: jax.Array, train: bool,
   else:
     new_stats = (mean, var)
     use_mean, use_var = mean, var
-  y = (x - use_mean) * lax.rsqrt(use_var + eps)
+  y = ((xs - use_mean) * lax.rsqrt(use_var + eps)).astype(x.dtype)
   if scale is not None:
     y = y * scale + bias
   return y, new_stats
@@ -298,9 +302,9 @@ def batch_norm(x: jax.Array, mean: jax.Array, var: jax.Array, train: bool,
 
 def drop_path(x: jax.Array, drop_prob: jax.Array | float, key: jax.Array) -> jax.Array:
   """Per-sample drop path: keep each sample with probability ``1 - p`` and rescale by ``1/(1-p)``."""
-  keep = 1.0 - jnp.asarray(drop_prob, x.dtype)
+  keep = 1.0 - jnp.asarray(drop_prob, jnp.promote_types(x.dtype, jnp.float32))
   mask = jax.random.bernoulli(key, keep, (x.shape[0], 1, 1, 1))
-  return jnp.where(mask, x / keep, jnp.zeros((), x.dtype))
+  return jnp.where(mask, (x / keep).astype(x.dtype), jnp.zeros((), x.dtype))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,8 +333,9 @@ class BatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    mean = self.variable('batch_stats', 'mean', jnp.zeros, (self.features,), x.dtype)
-    var = self.variable('batch_stats', 'var', jnp.ones, (self.features,), x.dtype)
+    stats_dtype = jnp.promote_types(x.dtype, jnp.float32)  # float32 under bf16 compute
+    mean = self.variable('batch_stats', 'mean', jnp.zeros, (self.features,), stats_dtype)
+    var = self.variable('batch_stats', 'var', jnp.ones, (self.features,), stats_dtype)
     scale = bias = None
     if self.affine:
       scale = self.param('scale', nn.initializers.ones, (self.features,), x.dtype)

@@ -7,12 +7,15 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from darts_jax import checkpoint as ckpt_lib
+from darts_jax import parallel
 from darts_jax.data import Dataset
+from darts_jax.supernet import COMPUTE_DTYPES
 
 
 class NonFiniteError(RuntimeError):
@@ -85,10 +88,78 @@ def run_dtype(cfg: Mapping) -> jnp.dtype:
 
 
 def hparams_from_config(cls, cfg: Mapping, steps_per_epoch: int):
-  """The hyperparameter dataclass ``cls`` from the config keys that name its fields."""
+  """The hyperparameter dataclass ``cls`` from the config keys that name its fields, its
+  ``LEARNING_RATES`` scaled by ``cfg['lr_scaling']`` for ``cfg['batch_size']``."""
   fields = {f.name for f in dataclasses.fields(cls)}
   values = {k: cfg[k] for k in fields if k in cfg and k != 'steps_per_epoch'}
+  values.update(parallel.scaled_learning_rates(
+      {k: values[k] for k in cls.LEARNING_RATES}, cfg['batch_size'], cfg['lr_base_batch'],
+      cfg['lr_scaling']))
   return cls(steps_per_epoch=steps_per_epoch, **values)
+
+
+# config keys of the execution: where and how a run computes, not what
+EXECUTION_KEYS = ('num_devices', 'batch_norm', 'shard_weights', 'compute_dtype', 'distributed',
+                  'coordinator_address', 'num_processes', 'process_id', 'distributed_timeout')
+# of those, the ones a resumed run may change: they do not change what is computed
+PROCESS_KEYS = ('distributed', 'coordinator_address', 'num_processes', 'process_id',
+                'distributed_timeout')
+
+
+class Execution(NamedTuple):
+  """Where and how a run computes (``darts_jax.parallel``)."""
+  mesh: jax.sharding.Mesh
+  batch_norm: str  # 'global' or 'per_device'
+  shard_weights: bool
+  compute_dtype: str | None  # None: the run's dtype; 'bfloat16': mixed precision
+  main: bool  # this process writes logs and files
+
+  def describe(self, batch_size: int) -> str:
+    text = f'batch {batch_size} on {self.mesh.size} device(s)'
+    if jax.process_count() > 1:
+      text += f' in {jax.process_count()} processes'
+    if self.mesh.size > 1:
+      text += f' ({batch_size // self.mesh.size} per device, {self.batch_norm} BN'
+      text += ', weights sharded)' if self.shard_weights else ')'
+    if self.compute_dtype:
+      text += f', {self.compute_dtype} compute'
+    return text
+
+
+def check_execution_config(cfg: Mapping) -> None:
+  """The execution keys' values, checked before any data is read or process started."""
+  check_int(cfg, 'num_devices', 0, 'all')
+  parallel.check_batch_norm_mode(cfg['batch_norm'])
+  if not isinstance(cfg['shard_weights'], bool):
+    raise ValueError(f"shard_weights={cfg['shard_weights']!r}: must be true or false")
+  if cfg['compute_dtype'] not in ('',) + COMPUTE_DTYPES:
+    raise ValueError(f"compute_dtype={cfg['compute_dtype']!r}: allowed: '' (the dtype), "
+                     f'{", ".join(COMPUTE_DTYPES)}')
+  parallel.DistributedConfig.from_config(cfg)
+  parallel.scaled_learning_rates({}, cfg['batch_size'], cfg['lr_base_batch'], cfg['lr_scaling'])
+
+
+def execution(cfg: Mapping) -> Execution:
+  """Joins the processes of a multi-process run (``distributed``), then builds the device
+  mesh for ``cfg['batch_size']``."""
+  parallel.initialize(parallel.DistributedConfig.from_config(cfg))
+  mesh = parallel.make_mesh(cfg['num_devices'] or None)  # 0: every device
+  parallel.check_batch_divisible(cfg['batch_size'], mesh)
+  return Execution(mesh, cfg['batch_norm'], cfg['shard_weights'], cfg['compute_dtype'] or None,
+                   parallel.is_main_process())
+
+
+def check_workdir(workdir: str, cfg: Mapping, may_differ: tuple[str, ...], main: bool) -> bool:
+  """``checkpoint.check_run_config`` for every process: process 0 checks and writes the run's
+  ``config.json`` first, then the others check against it. With global BatchNorm the number of
+  devices does not change what is computed, so a run may resume on another number of them."""
+  if cfg['batch_norm'] == 'global':
+    may_differ = tuple(may_differ) + ('num_devices',)
+  resumed = ckpt_lib.check_run_config(workdir, cfg, may_differ) if main else False
+  parallel.barrier('config')
+  if not main:
+    resumed = ckpt_lib.check_run_config(workdir, cfg, may_differ, write=False)
+  return resumed
 
 
 def restore_latest(checkpoints, state, workdir: str, resumed: bool, steps_per_epoch: int,

@@ -17,7 +17,7 @@ current state (momentum buffer and step count, so xi = the current learning rate
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +26,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from darts_jax import hypergradient as hg
+from darts_jax.parallel import check_batch_divisible, make_mesh  # noqa: F401  (re-exported)
 
 Pytree = Any
 Batch = tuple[jax.Array, jax.Array]  # (images NHWC, integer labels)
@@ -39,6 +40,8 @@ ESTIMATORS = {'first_order': 'first_order', 'exact': 'unrolled',
 @dataclasses.dataclass(frozen=True)
 class SearchHParams:
   """Bilevel optimisation settings; defaults are the paper's (``train_search.py``)."""
+  # scaled together by the linear batch-size rule (config lr_scaling)
+  LEARNING_RATES: ClassVar[tuple[str, ...]] = ('w_lr', 'w_lr_min', 'alpha_lr')
   epochs: int = 50
   steps_per_epoch: int = 391  # ceil(25,000 / 64)
   w_lr: float = 0.025
@@ -281,38 +284,26 @@ def search_step(hp: SearchHParams, loss: Callable, state: SearchState, train: Ba
 # ----------------------------------------------------------------------------------------------
 
 
-def make_mesh(num_devices: int | None = None) -> Mesh:
-  """A 1-D mesh over the first ``num_devices`` devices (all by default), axis ``'data'``."""
-  devices = jax.devices()
-  n = len(devices) if num_devices is None else num_devices
-  if not 1 <= n <= len(devices):
-    raise ValueError(f'num_devices={num_devices!r}: this host has {len(devices)} device(s)')
-  return Mesh(np.asarray(devices[:n]), ('data',))
-
-
-def check_batch_divisible(batch_size: int, mesh: Mesh, name: str = 'batch_size') -> None:
-  if batch_size % mesh.size:
-    raise ValueError(f'{name}={batch_size} is not divisible by the number of devices '
-                     f'({mesh.size}); the batch is split evenly over the data axis')
-
-
 def jit_search_step(hp: SearchHParams, loss: Callable, mesh: Mesh,
-                    preprocess: Callable | None = None):
-  """``search_step`` jitted for ``mesh``: batches sharded over ``'data'``, the state replicated
-  and donated (its buffers are reused for the next state)."""
+                    preprocess: Callable | None = None, state_sharding: Any = None):
+  """``search_step`` jitted for ``mesh``: batches sharded over ``'data'``, the state donated
+  (its buffers are reused for the next state) and replicated, or placed as ``state_sharding``
+  says (``parallel.state_sharding``). XLA all-reduces the gradients."""
   replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  placed = replicated if state_sharding is None else state_sharding
 
   def step(state, train, val):
     return search_step(hp, loss, state, train, val, preprocess)
 
-  return jax.jit(step, in_shardings=(replicated, batch, batch),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
+  return jax.jit(step, in_shardings=(placed, batch, batch), out_shardings=(placed, replicated),
+                 donate_argnums=0)
 
 
-def jit_eval_step(eval_loss: Callable, mesh: Mesh):
+def jit_eval_step(eval_loss: Callable, mesh: Mesh, weights_sharding: Any = None):
   """``(weights, alphas, batch_stats, batch) -> (loss sum, top-1 hits)`` with evaluation-mode
   BatchNorm (running statistics), as the original's ``infer``."""
   replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  weights_sharding = replicated if weights_sharding is None else weights_sharding
 
   def step(weights, alphas, batch_stats, data):
     loss, aux = eval_loss(weights, alphas, batch_stats, data)
@@ -320,6 +311,6 @@ def jit_eval_step(eval_loss: Callable, mesh: Mesh):
     return (loss * labels.shape[0],
             jnp.sum(jnp.argmax(aux.logits, -1) == labels).astype(jnp.int32))
 
-  return jax.jit(step, in_shardings=(replicated, replicated, replicated, batch),
+  return jax.jit(step, in_shardings=(weights_sharding, replicated, replicated, batch),
                  out_shardings=replicated)
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from darts_jax import checkpoint as ckpt_lib
 from darts_jax import data as data_lib
+from darts_jax import parallel
 from darts_jax import runs
 from darts_jax import search as search_lib
 from darts_jax.genotypes import PRIMITIVES, Genotype, derive_genotype
@@ -29,7 +30,11 @@ from darts_jax.supernet import (SupernetConfig, check_image_size, init_alphas, i
 
 # config keys that may change between a run and its resumption (they do not change results)
 MAY_DIFFER = ('log_every', 'checkpoint_every', 'keep_checkpoints', 'plots', 'tensorboard',
-              'progress', 'data_dir', 'download')
+              'progress', 'data_dir', 'download') + runs.PROCESS_KEYS
+
+
+# what shard_weights splits over the devices: the weights and their momentum
+SHARDED_FIELDS = ('weights', 'w_opt_state')
 
 
 class SearchResult(NamedTuple):
@@ -46,9 +51,9 @@ def hparams_from_config(cfg: Mapping, steps_per_epoch: int) -> search_lib.Search
 def _check_config(cfg: Mapping) -> None:
   for name in ('batch_size', 'init_channels', 'layers', 'epochs'):
     runs.check_int(cfg, name, 1)
-  for name in ('log_every', 'checkpoint_every', 'max_examples', 'eval_batches', 'num_devices'):
-    runs.check_int(cfg, name, 0, 'all' if name in ('max_examples', 'eval_batches',
-                                                     'num_devices') else 'off')
+  for name in ('log_every', 'checkpoint_every', 'max_examples', 'eval_batches'):
+    runs.check_int(cfg, name, 0, 'all' if name in ('max_examples', 'eval_batches') else 'off')
+  runs.check_execution_config(cfg)
   if not 0 < cfg['train_portion'] < 1:
     raise ValueError(f"train_portion={cfg['train_portion']!r}: must be in (0, 1)")
   hparams_from_config(cfg, steps_per_epoch=1)  # the optimiser settings, before any data is read
@@ -123,8 +128,10 @@ def run_search(cfg: Mapping, workdir: str, *,
                        f'{name} half of {cfg["dataset"]!r}')
   spe = data_lib.steps_per_epoch(len(train_set.labels), batch)
   hp = hparams_from_config(cfg, spe)
-  mesh = search_lib.make_mesh(cfg['num_devices'] or None)  # 0: every device
-  search_lib.check_batch_divisible(batch, mesh)
+  ex = runs.execution(cfg)
+  mesh = ex.mesh
+  if not ex.main:
+    log = lambda text: None  # noqa: E731  (process 0 speaks for the run)
   primitives = tuple(cfg['primitives']) if cfg.get('primitives') else PRIMITIVES
   net = SupernetConfig(C=cfg['init_channels'], num_classes=full.num_classes,
                        layers=cfg['layers'], steps=cfg['steps'], multiplier=cfg['multiplier'],
@@ -134,38 +141,44 @@ def run_search(cfg: Mapping, workdir: str, *,
   check_image_size((1, *image_size, net.in_channels), len(net.reduction_layers), net.in_channels,
                    dtype)
 
-  resumed = ckpt_lib.check_run_config(workdir, cfg, MAY_DIFFER)
+  resumed = runs.check_workdir(workdir, cfg, MAY_DIFFER, ex.main)
   mean, std = full.mean, full.std
   preprocess = lambda key, images: data_lib.augment(
       key, images, mean, std, cfg['crop_padding'], cfg['flip']).astype(dtype)
-  loss, eval_loss = make_loss(net), make_loss(net, train=False)
-  step_fn = search_lib.jit_search_step(hp, loss, mesh, preprocess)
-  eval_fn = search_lib.jit_eval_step(
-      lambda w, a, s, b: eval_loss(w, a, s, (data_lib.normalize(b[0], mean, std).astype(dtype),
-                                             b[1])), mesh)
+  loss = make_loss(net, compute_dtype=ex.compute_dtype)
+  if ex.batch_norm == 'per_device':
+    loss = parallel.per_device_batch_norm(loss, mesh.size, mesh)
+  eval_loss = make_loss(net, train=False, compute_dtype=ex.compute_dtype)
 
   key_w, key_a, key_data = jax.random.split(jax.random.PRNGKey(cfg['seed']), 3)
   variables = init_supernet(key_w, net, image_size, dtype)
   state = search_lib.init_search_state(hp, variables.weights, init_alphas(key_a, net, dtype),
                                        variables.batch_stats, key_data)
+  shardings = parallel.state_sharding(state, mesh, SHARDED_FIELDS if ex.shard_weights else ())
+  state = parallel.place(state, shardings)
+  step_fn = search_lib.jit_search_step(hp, loss, mesh, preprocess, shardings)
+  eval_fn = search_lib.jit_eval_step(
+      lambda w, a, s, b: eval_loss(w, a, s, (data_lib.normalize(b[0], mean, std).astype(dtype),
+                                             b[1])), mesh, shardings.weights)
+  feed = parallel.BatchFeed(mesh, batch)
   checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, 'checkpoints'),
                                      cfg['keep_checkpoints'])
-  writer = MetricWriter(workdir, cfg['tensorboard'])
+  writer = MetricWriter(workdir, cfg['tensorboard'], enabled=ex.main)
   state = runs.restore_latest(checkpoints, state, workdir, resumed, spe, log)
   step = int(state.step)
   writer.truncate_after(step)
+  parallel.barrier('metrics')  # every process reads the records as process 0 left them
   records = [r for r in writer.records() if r.get('kind') == 'epoch']
   history = [{k: np.asarray(v) for k, v in r['alphas_softmax'].items()} for r in records]
   best = max(records, key=lambda r: r['val_acc'], default=None)
-  pictures = _Pictures(workdir, primitives, cfg['plots'], log)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  state = jax.device_put(state, replicated)
+  pictures = _Pictures(workdir, primitives, cfg['plots'] and ex.main, log)
   total = hp.epochs * spe
   if step == 0:
     log(f'DARTS search: {cfg["dataset"]} {image_size}, {len(train_set.labels)} + '
-        f'{len(val_set.labels)} examples, {hp.epochs} epochs x {spe} steps, batch {batch} on '
-        f'{mesh.size} device(s), estimator {hp.estimator}, {net.layers} cells, C={net.C}, '
-        f'{sum(np.size(x) for x in jax.tree_util.tree_leaves(state.weights)):,} weights')
+        f'{len(val_set.labels)} examples, {hp.epochs} epochs x {spe} steps, '
+        f'{ex.describe(batch)}, estimator {hp.estimator}, {net.layers} cells, C={net.C}, '
+        f'{sum(np.size(x) for x in jax.tree_util.tree_leaves(state.weights)):,} weights; '
+        f'w lr {hp.w_lr:g}, alpha lr {hp.alpha_lr:g}')
 
   def guard():
     bad = int(state.nonfinite_step)
@@ -178,7 +191,7 @@ def run_search(cfg: Mapping, workdir: str, *,
 
   genotype = derive_genotype(jax.device_get(state.alphas), primitives, net.steps, net.multiplier)
   if step < total:
-    example = (train_set.images[:batch], train_set.labels[:batch])
+    example = feed(np.arange(batch), train_set.images, train_set.labels)
     step_fn = runs.compile_ahead(step_fn, (state, example, example),
                                  f'the search step ({hp.estimator})', log)
   try:
@@ -191,8 +204,8 @@ def run_search(cfg: Mapping, workdir: str, *,
       while step < (epoch + 1) * spe:
         i = step % spe
         iw, ia = order_w[i], order_a[i % len(order_a)]
-        state, _ = step_fn(state, (train_set.images[iw], train_set.labels[iw]),
-                           (val_set.images[ia], val_set.labels[ia]))
+        state, _ = step_fn(state, feed(iw, train_set.images, train_set.labels),
+                           feed(ia, val_set.images, val_set.labels))
         step += 1
         bar.update(1)
         if cfg['log_every'] and step % cfg['log_every'] == 0:
@@ -207,10 +220,11 @@ def run_search(cfg: Mapping, workdir: str, *,
           save()
       bar.close()
       guard()
-      record, genotype = _end_of_epoch(cfg, hp, state, epoch, eval_fn, val_set, batch,
+      record, genotype = _end_of_epoch(cfg, hp, state, epoch, eval_fn, feed, val_set,
                                        primitives, net, time.perf_counter() - t0)
       history.append(record['alphas_softmax'])
-      write_genotype_files(workdir, genotype, jax.device_get(state.alphas))
+      if ex.main:
+        write_genotype_files(workdir, genotype, jax.device_get(state.alphas))
       writer.write(record, {k: record[k] for k in ('train_loss', 'train_acc', 'val_loss',
                                                    'val_acc', 'search_val_loss', 'lr')})
       if best is None or record['val_acc'] > best['val_acc']:
@@ -230,22 +244,23 @@ def run_search(cfg: Mapping, workdir: str, *,
   if best is not None:
     log(f'best epoch {best["epoch"]} (supernet val acc {best["val_acc"]:.4f}):\n  '
         f'{best_genotype.to_string()}')
-    runs.write_atomic(os.path.join(workdir, 'best_genotype.txt'),
-                      best_genotype.to_string() + '\n')
-  return SearchResult(jax.device_get(state), genotype, best_genotype,
+    if ex.main:
+      runs.write_atomic(os.path.join(workdir, 'best_genotype.txt'),
+                        best_genotype.to_string() + '\n')
+  return SearchResult(parallel.to_host(state), genotype, best_genotype,
                       None if best is None else best['val_acc'])
 
 
-def _end_of_epoch(cfg, hp, state, epoch, eval_fn, val_set, batch, primitives, net, seconds):
+def _end_of_epoch(cfg, hp, state, epoch, eval_fn, feed, val_set, primitives, net, seconds):
   m = jax.device_get(state.metrics)
+  batch = feed.batch_size
   n_eval = len(val_set.labels) // batch
   if cfg['eval_batches']:
     n_eval = min(n_eval, cfg['eval_batches'])
   loss_sum, correct, seen = 0.0, 0, 0
   for j in range(n_eval):  # the original's infer(): eval-mode BN over the alpha half, in order
-    sl = slice(j * batch, (j + 1) * batch)
     l, c = eval_fn(state.weights, state.alphas, state.batch_stats,
-                   (val_set.images[sl], val_set.labels[sl]))
+                   feed(np.arange(j * batch, (j + 1) * batch), val_set.images, val_set.labels))
     loss_sum, correct, seen = loss_sum + float(l), correct + int(c), seen + batch
   alphas = jax.device_get(state.alphas)
   genotype = derive_genotype(alphas, primitives, net.steps, net.multiplier)

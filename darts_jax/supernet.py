@@ -110,12 +110,14 @@ class MixedEdges(nn.Module):
         continue  # w * 0 adds nothing to the value or to any gradient
       y = op(x, train)
       b, h, w, _ = y.shape
-      term = y.reshape(b, h, w, self.n_edges, self.c) * weights[:, k, None]
+      # in the mixing weights' precision: under bf16 compute, softmax weights that differ by
+      # 1e-3 would round to one value, and d loss / d alpha would sum bf16 products
+      term = y.reshape(b, h, w, self.n_edges, self.c).astype(weights.dtype) * weights[:, k, None]
       out = term if out is None else out + term
     if out is None:  # a space of only 'none' ops
       b, h, w, _ = x[:, ::self.stride, ::self.stride].shape
       out = jnp.zeros((b, h, w, self.n_edges, self.c), x.dtype)
-    return out
+    return out.astype(x.dtype)
 
 
 class SearchCell(nn.Module):
@@ -190,8 +192,10 @@ class SearchNetwork(nn.Module):
     c_stem = cfg.stem_multiplier * cfg.C
     x = ops_lib.Conv(cfg.in_channels, c_stem, 3, padding=1, name='stem_conv')(images)
     s0 = s1 = ops_lib.BatchNorm(c_stem, affine=True, name='stem_bn')(x, train)
-    # softmax once per cell type per forward (eq. 2); all cells of a type share it
-    weights = {k: jax.nn.softmax(jnp.asarray(alphas[k], images.dtype), axis=-1) for k in alphas}
+    # softmax once per cell type per forward (eq. 2); all cells of a type share it. It and the
+    # mixing stay in the alphas' precision (float32 under bf16 compute)
+    weights = {k: jax.nn.softmax(jnp.asarray(alphas[k], jnp.promote_types(
+        jnp.result_type(alphas[k]), images.dtype)), axis=-1) for k in alphas}
     c_prev_prev, c_prev, c = c_stem, c_stem, cfg.C
     reduction_prev = False
     for i in range(cfg.layers):
@@ -267,19 +271,40 @@ def make_apply(config: SupernetConfig):
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Mean softmax cross-entropy, ``torch.nn.CrossEntropyLoss()``."""
+  """Mean softmax cross-entropy, ``torch.nn.CrossEntropyLoss()``, in at least float32."""
+  logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 
-def make_loss(config: SupernetConfig, train: bool = True):
+COMPUTE_DTYPES = ('bfloat16',)
+
+
+def cast_floating(tree, dtype):
+  """Every floating leaf of ``tree`` in ``dtype`` (None: unchanged). The cast is inside the
+  differentiated function, so gradients arrive in the leaves' own (master) precision."""
+  if dtype is None:
+    return tree
+  if jnp.dtype(dtype).name not in COMPUTE_DTYPES:
+    raise ValueError(f'compute_dtype={jnp.dtype(dtype).name!r}: allowed: '
+                     f'{", ".join(COMPUTE_DTYPES)} (or None: the weights\' own dtype)')
+  return jax.tree_util.tree_map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def make_loss(config: SupernetConfig, train: bool = True, compute_dtype=None):
   """The supernet's loss as one pure function.
 
   Returns ``loss(weights, alphas, batch_stats, batch) -> (loss, LossAux(batch_stats, logits))``
   with ``batch = (images NHWC, integer labels)``. ``train=True`` (the original's and the
   paper's choice for both L_train and L_val) normalises with batch statistics and returns
   updated running statistics.
+
+  ``compute_dtype='bfloat16'`` is mixed precision: the weights and images are cast to bf16 for
+  the convolutions, while the weights given (the master copy), the alphas and their softmax, the
+  BN statistics and the loss stay in their own precision (float32).
   """
   apply = make_apply(config)
+  cast_floating(None, compute_dtype)  # a bad dtype fails here, not inside a trace
 
   def loss(weights, alphas, batch_stats, batch):
     images, labels = batch
@@ -287,7 +312,8 @@ def make_loss(config: SupernetConfig, train: bool = True):
         or not jnp.issubdtype(jnp.result_type(labels), jnp.integer)):
       raise ValueError(f'labels must be integer class indices of shape ({np.shape(images)[0]},), '
                        f'got shape {np.shape(labels)} and dtype {jnp.result_type(labels)}')
-    logits, new_stats = apply(weights, alphas, batch_stats, images, train)
+    logits, new_stats = apply(cast_floating(weights, compute_dtype), alphas, batch_stats,
+                              cast_floating(images, compute_dtype), train)
     return cross_entropy(logits, labels), LossAux(new_stats, logits)
 
   return loss

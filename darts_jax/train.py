@@ -11,7 +11,7 @@ CIFAR-10 evaluation (``shared/REFERENCE.md``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from darts_jax import ops as ops_lib
 from darts_jax.search import (clip_by_global_norm_torch, cosine_per_epoch, epoch_sums,
                               keep_if_finite)
-from darts_jax.supernet import cross_entropy
+from darts_jax.supernet import cast_floating, cross_entropy
 
 Pytree = Any
 Batch = tuple[jax.Array, jax.Array]
@@ -31,6 +31,8 @@ Batch = tuple[jax.Array, jax.Array]
 
 @dataclasses.dataclass(frozen=True)
 class TrainHParams:
+  # scaled together by the linear batch-size rule (config lr_scaling)
+  LEARNING_RATES: ClassVar[tuple[str, ...]] = ('lr', 'lr_min')
   epochs: int = 600
   steps_per_epoch: int = 521  # ceil(50,000 / 96)
   lr: float = 0.025
@@ -101,14 +103,19 @@ def init_train_state(hp: TrainHParams, model: nn.Module, rng: jax.Array, image_s
                     metrics, jnp.asarray(-1, jnp.int32))
 
 
-def make_train_loss(model: nn.Module, auxiliary_weight: float):
-  """``loss(params, batch_stats, batch, key, drop_path_prob) -> (loss, (batch_stats, logits))``."""
+def make_train_loss(model: nn.Module, auxiliary_weight: float, compute_dtype=None):
+  """``loss(params, batch_stats, batch, key, drop_path_prob) -> (loss, (batch_stats, logits))``.
+
+  ``compute_dtype='bfloat16'``: bf16 convolutions on a bf16 copy of the (float32 master)
+  parameters and images; BN statistics and the loss stay float32 (``supernet.make_loss``)."""
+  cast_floating(None, compute_dtype)
 
   def loss(params, batch_stats, batch, key, p):
     images, labels = batch
     (logits, logits_aux), updates = model.apply(
-        {'params': params, 'batch_stats': batch_stats}, images, True, p,
-        rngs={'drop_path': key}, mutable=['batch_stats'])
+        {'params': cast_floating(params, compute_dtype), 'batch_stats': batch_stats},
+        cast_floating(images, compute_dtype), True, p, rngs={'drop_path': key},
+        mutable=['batch_stats'])
     value = cross_entropy(logits, labels)
     if logits_aux is not None:
       value = value + auxiliary_weight * cross_entropy(logits_aux, labels)
@@ -118,9 +125,11 @@ def make_train_loss(model: nn.Module, auxiliary_weight: float):
 
 
 def train_step(hp: TrainHParams, model: nn.Module, state: TrainState, batch: Batch,
-               preprocess: Callable | None = None) -> tuple[TrainState, jax.Array]:
+               preprocess: Callable | None = None,
+               loss: Callable | None = None) -> tuple[TrainState, jax.Array]:
   """One SGD step; returns the new state and this batch's loss. ``preprocess(key, images)``
-  augments a raw batch inside the step (None: use it as given).
+  augments a raw batch inside the step (None: use it as given). ``loss`` replaces
+  ``make_train_loss(model, hp.auxiliary_weight)`` (mixed precision, per-device BN).
 
   A non-finite loss or gradient leaves the state as it was and records the step in
   ``nonfinite_step``; every later step is then a no-op, so the last good state survives.
@@ -129,7 +138,7 @@ def train_step(hp: TrainHParams, model: nn.Module, state: TrainState, batch: Bat
   if preprocess is not None:
     k_aug, key = jax.random.split(key)
     batch = (preprocess(k_aug, batch[0]), batch[1])
-  loss = make_train_loss(model, hp.auxiliary_weight)
+  loss = make_train_loss(model, hp.auxiliary_weight) if loss is None else loss
   (value, (stats, logits)), grads = jax.value_and_grad(loss, has_aux=True)(
       state.params, state.batch_stats, batch, key, drop_path_prob(hp, state.step))
   updates, opt_state = optimizer(hp).update(grads, state.opt_state, state.params)
@@ -147,20 +156,24 @@ def train_step(hp: TrainHParams, model: nn.Module, state: TrainState, batch: Bat
 
 
 def jit_train_step(hp: TrainHParams, model: nn.Module, mesh: Mesh,
-                   preprocess: Callable | None = None):
-  """``train_step`` jitted for ``mesh``: the batch split over ``'data'``, the state replicated
-  and donated."""
+                   preprocess: Callable | None = None, loss: Callable | None = None,
+                   state_sharding: Any = None):
+  """``train_step`` jitted for ``mesh``: the batch split over ``'data'``, the state donated and
+  replicated, or placed as ``state_sharding`` says (``parallel.state_sharding``)."""
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  return jax.jit(lambda state, batch: train_step(hp, model, state, batch, preprocess),
-                 in_shardings=(replicated, data), out_shardings=(replicated, replicated),
+  placed = replicated if state_sharding is None else state_sharding
+  return jax.jit(lambda state, batch: train_step(hp, model, state, batch, preprocess, loss),
+                 in_shardings=(placed, data), out_shardings=(placed, replicated),
                  donate_argnums=0)
 
 
 def eval_step(model: nn.Module, params: Pytree, batch_stats: Pytree, images: jax.Array,
-              labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+              labels: jax.Array, mask: jax.Array, compute_dtype=None) -> dict[str, jax.Array]:
   """Sums over the ``mask``ed examples of a test batch, evaluation-mode BN, main head only:
   ``{'loss', 'top1', 'top5', 'examples'}``. ``mask`` pads a short last batch to full shape."""
-  logits, _ = model.apply({'params': params, 'batch_stats': batch_stats}, images, False)
+  logits, _ = model.apply({'params': cast_floating(params, compute_dtype),
+                           'batch_stats': batch_stats}, cast_floating(images, compute_dtype),
+                          False)
   logits = logits.astype(jnp.float32)
   nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], -1)[:, 0]
   k = min(5, logits.shape[-1])
@@ -171,15 +184,17 @@ def eval_step(model: nn.Module, params: Pytree, batch_stats: Pytree, images: jax
           'examples': jnp.sum(m)}
 
 
-def jit_eval_step(model: nn.Module, mesh: Mesh, preprocess: Callable | None = None):
+def jit_eval_step(model: nn.Module, mesh: Mesh, preprocess: Callable | None = None,
+                  compute_dtype=None, params_sharding: Any = None):
   """``eval_step`` jitted for ``mesh``: ``(params, batch_stats, images, labels, mask) -> sums``.
   ``preprocess(images)`` normalises a raw batch inside the step."""
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  params_sharding = replicated if params_sharding is None else params_sharding
 
   def step(params, batch_stats, images, labels, mask):
     images = images if preprocess is None else preprocess(images)
-    return eval_step(model, params, batch_stats, images, labels, mask)
+    return eval_step(model, params, batch_stats, images, labels, mask, compute_dtype)
 
-  return jax.jit(step, in_shardings=(replicated, replicated, data, data, data),
+  return jax.jit(step, in_shardings=(params_sharding, replicated, data, data, data),
                  out_shardings=replicated)
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from darts_jax import checkpoint as ckpt_lib
 from darts_jax import data as data_lib
+from darts_jax import parallel
 from darts_jax import runs
 from darts_jax import train as train_lib
 from darts_jax.genotypes import Genotype, load_genotype
@@ -26,12 +27,13 @@ from darts_jax.metrics_log import MetricWriter
 from darts_jax.networks import NetworkCIFAR
 from darts_jax.ops import OPS
 from darts_jax.runs import NonFiniteError  # noqa: F401  (re-exported: the command catches it)
-from darts_jax.search import check_batch_divisible, make_mesh
 from darts_jax.supernet import check_image_size, num_params
 
 # config keys that may change between a run and its resumption (they do not change results)
 MAY_DIFFER = ('log_every', 'checkpoint_every', 'keep_checkpoints', 'tensorboard', 'progress',
-              'data_dir', 'download', 'eval_every')
+              'data_dir', 'download', 'eval_every') + runs.PROCESS_KEYS
+# what shard_weights splits over the devices: the parameters and their momentum
+SHARDED_FIELDS = ('params', 'opt_state')
 
 
 class TrainResult(NamedTuple):
@@ -51,10 +53,11 @@ def _check_config(cfg: Mapping) -> None:
     runs.check_int(cfg, name, 1)
   for name, zero in (('log_every', 'off'), ('checkpoint_every', 'epoch ends only'),
                      ('max_examples', 'all'), ('max_test_examples', 'all'),
-                     ('num_devices', 'all'), ('cutout_length', 'no cutout'),
+                     ('cutout_length', 'no cutout'),
                      ('crop_padding', 'no crop')):
     runs.check_int(cfg, name, 0, zero)
   runs.check_int(cfg, 'keep_checkpoints', 1)
+  runs.check_execution_config(cfg)
   hparams_from_config(cfg, steps_per_epoch=1)  # the optimiser settings, before any data is read
 
 
@@ -94,12 +97,14 @@ def _eval_batches(n: int, batch: int):
 
 
 def evaluate(eval_fn: Callable, params, batch_stats, test_set: data_lib.Dataset,
-             batch: int) -> dict[str, float]:
+             feed: parallel.BatchFeed) -> dict[str, float]:
   """Mean loss, top-1 and top-5 accuracy over the whole of ``test_set`` (eval-mode BN)."""
   sums = {'loss': 0.0, 'top1': 0.0, 'top5': 0.0, 'examples': 0.0}
-  index, mask = _eval_batches(len(test_set.labels), batch)
+  index, mask = _eval_batches(len(test_set.labels), feed.batch_size)
+  positions = np.arange(feed.batch_size)
   for i, m in zip(index, mask):
-    out = jax.device_get(eval_fn(params, batch_stats, test_set.images[i], test_set.labels[i], m))
+    images, labels = feed(i, test_set.images, test_set.labels)
+    out = jax.device_get(eval_fn(params, batch_stats, images, labels, feed(positions, m)[0]))
     sums = {k: sums[k] + float(out[k]) for k in sums}
   n = sums['examples']
   return {'loss': sums['loss'] / n, 'top1': sums['top1'] / n, 'top5': sums['top5'] / n,
@@ -114,7 +119,7 @@ class _Setup(NamedTuple):
   train_set: data_lib.Dataset
   test_set: data_lib.Dataset
   hp: train_lib.TrainHParams
-  mesh: jax.sharding.Mesh
+  ex: runs.Execution
 
 
 def _setup(cfg: Mapping, need_train: bool = True) -> _Setup:
@@ -137,17 +142,16 @@ def _setup(cfg: Mapping, need_train: bool = True) -> _Setup:
     raise ValueError(f'batch_size={batch} exceeds the {len(train_set.labels)} training examples '
                      f'of {cfg["dataset"]!r}')
   hp = hparams_from_config(cfg, data_lib.steps_per_epoch(len(train_set.labels), batch))
-  mesh = make_mesh(cfg['num_devices'] or None)  # 0: every device
-  check_batch_divisible(batch, mesh)
   model = _model(cfg, genotype, train_set)
   _check_shapes(cfg, model, train_set, dtype)
-  return _Setup(cfg, dtype, genotype, model, train_set, test_set, hp, mesh)
+  return _Setup(cfg, dtype, genotype, model, train_set, test_set, hp, runs.execution(cfg))
 
 
-def _eval_fn(s: _Setup):
+def _eval_fn(s: _Setup, params_sharding=None):
   mean, std = s.train_set.mean, s.train_set.std
   return train_lib.jit_eval_step(
-      s.model, s.mesh, lambda images: data_lib.normalize(images, mean, std).astype(s.dtype))
+      s.model, s.ex.mesh, lambda images: data_lib.normalize(images, mean, std).astype(s.dtype),
+      s.ex.compute_dtype, params_sharding)
 
 
 def run_train(cfg: Mapping, workdir: str, *,
@@ -157,10 +161,13 @@ def run_train(cfg: Mapping, workdir: str, *,
   propagates; calling again resumes. The best test top-1 epoch is kept in ``workdir/best``.
   """
   s = _setup(cfg)
-  cfg, hp, model, train_set, mesh = s.cfg, s.hp, s.model, s.train_set, s.mesh
-  batch, spe = cfg['batch_size'], s.hp.steps_per_epoch
-  resumed = ckpt_lib.check_run_config(workdir, cfg, MAY_DIFFER)
-  runs.write_atomic(os.path.join(workdir, 'genotype.txt'), s.genotype.to_string() + '\n')
+  cfg, hp, model, train_set, ex = s.cfg, s.hp, s.model, s.train_set, s.ex
+  mesh, batch, spe = ex.mesh, cfg['batch_size'], s.hp.steps_per_epoch
+  if not ex.main:
+    log = lambda text: None  # noqa: E731  (process 0 speaks for the run)
+  resumed = runs.check_workdir(workdir, cfg, MAY_DIFFER, ex.main)
+  if ex.main:
+    runs.write_atomic(os.path.join(workdir, 'genotype.txt'), s.genotype.to_string() + '\n')
 
   mean, std = train_set.mean, train_set.std
 
@@ -169,28 +176,34 @@ def run_train(cfg: Mapping, workdir: str, *,
     x = data_lib.augment(k_aug, images, mean, std, cfg['crop_padding'], cfg['flip'])
     return data_lib.cutout(k_cut, x, cfg['cutout_length']).astype(s.dtype)
 
-  step_fn = train_lib.jit_train_step(hp, model, mesh, preprocess)
-  eval_fn = _eval_fn(s)
+  loss = train_lib.make_train_loss(model, hp.auxiliary_weight, ex.compute_dtype)
+  if ex.batch_norm == 'per_device':
+    loss = parallel.per_device_batch_norm(loss, mesh.size, mesh, batch_argnum=2, key_argnum=3)
   state = train_lib.init_train_state(hp, model, jax.random.PRNGKey(cfg['seed']),
                                      tuple(train_set.images.shape[1:3]),
                                      train_set.images.shape[-1], s.dtype)
+  shardings = parallel.state_sharding(state, mesh, SHARDED_FIELDS if ex.shard_weights else ())
+  state = parallel.place(state, shardings)
+  step_fn = train_lib.jit_train_step(hp, model, mesh, preprocess, loss, shardings)
+  eval_fn = _eval_fn(s, shardings.params)
+  feed = parallel.BatchFeed(mesh, batch)
   checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, 'checkpoints'),
                                      cfg['keep_checkpoints'])
   best_checkpoint = ckpt_lib.Checkpoints(os.path.join(workdir, 'best'), 1)
-  writer = MetricWriter(workdir, cfg['tensorboard'])
+  writer = MetricWriter(workdir, cfg['tensorboard'], enabled=ex.main)
   without_aux, with_aux = param_counts(state.params)
   state = runs.restore_latest(checkpoints, state, workdir, resumed, spe, log)
   step = int(state.step)
   writer.truncate_after(step)
+  parallel.barrier('metrics')  # every process reads the records as process 0 left them
   records = [r for r in writer.records() if r.get('kind') == 'epoch' and 'test_top1' in r]
   best = max((r['test_top1'] for r in records), default=None)
-  state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   total = hp.epochs * spe
   if step == 0:
     log(f'training {s.genotype.to_string()}\n  on {cfg["dataset"]} '
         f'{tuple(train_set.images.shape[1:])}: {len(train_set.labels)} training, '
-        f'{len(s.test_set.labels)} test examples; {hp.epochs} epochs x {spe} steps, batch '
-        f'{batch} on {mesh.size} device(s); {cfg["layers"]} cells, C={cfg["init_channels"]}')
+        f'{len(s.test_set.labels)} test examples; {hp.epochs} epochs x {spe} steps, '
+        f'{ex.describe(batch)}; lr {hp.lr:g}; {cfg["layers"]} cells, C={cfg["init_channels"]}')
   log(f'parameters: {without_aux:,} ' + (f'({with_aux:,} with the auxiliary head)'
                                           if cfg['auxiliary'] else '(no auxiliary head)'))
 
@@ -206,7 +219,7 @@ def run_train(cfg: Mapping, workdir: str, *,
   test = None
   if step < total:
     step_fn = runs.compile_ahead(
-        step_fn, (state, (train_set.images[:batch], train_set.labels[:batch])),
+        step_fn, (state, feed(np.arange(batch), train_set.images, train_set.labels)),
         'the training step', log)
   try:
     while step < total:
@@ -216,7 +229,7 @@ def run_train(cfg: Mapping, workdir: str, *,
       t0 = time.perf_counter()
       while step < (epoch + 1) * spe:
         i = order[step % spe]
-        state, _ = step_fn(state, (train_set.images[i], train_set.labels[i]))
+        state, _ = step_fn(state, feed(i, train_set.images, train_set.labels))
         step += 1
         bar.update(1)
         if cfg['log_every'] and step % cfg['log_every'] == 0:
@@ -238,7 +251,7 @@ def run_train(cfg: Mapping, workdir: str, *,
                 'train_acc': float(m.correct / m.examples),
                 'seconds': time.perf_counter() - t0}
       if (epoch + 1) % cfg['eval_every'] == 0 or step == total:
-        test = evaluate(eval_fn, state.params, state.batch_stats, s.test_set, batch)
+        test = evaluate(eval_fn, state.params, state.batch_stats, s.test_set, feed)
         record.update(test_loss=test['loss'], test_top1=test['top1'], test_top5=test['top5'])
       writer.write(record, {k: record[k] for k in ('train_loss', 'train_acc', 'lr', 'test_loss',
                                                    'test_top1', 'test_top5') if k in record})
@@ -262,7 +275,7 @@ def run_train(cfg: Mapping, workdir: str, *,
   if best is not None:
     log(f'training done: {total} steps; best test top-1 {best:.4f} (checkpoint in '
         f'{workdir}/best)')
-  return TrainResult(jax.device_get(state), s.genotype, test, best)
+  return TrainResult(parallel.to_host(state), s.genotype, test, best)
 
 
 def _epoch_report(r: Mapping) -> str:
@@ -311,7 +324,9 @@ def evaluate_checkpoint(cfg: Mapping, workdir: str | None = None, which: str = '
     params, stats = restored.params, restored.batch_stats
     epoch = f', epoch {meta["epoch"]}' if meta and 'epoch' in meta else ''
     source = f'{directory} (step {int(restored.step)}{epoch})'
-  result = evaluate(_eval_fn(s), params, stats, s.test_set, s.cfg['batch_size'])
+  params, stats = parallel.replicate((params, stats), s.ex.mesh)
+  result = evaluate(_eval_fn(s), params, stats, s.test_set,
+                    parallel.BatchFeed(s.ex.mesh, s.cfg['batch_size']))
   log(f'{source}: test loss {result["loss"]:.4f}  top-1 {result["top1"]:.4f}  top-5 '
       f'{result["top5"]:.4f}  ({result["examples"]} {s.cfg["dataset"]} test images)')
   return result

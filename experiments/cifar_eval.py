@@ -6,8 +6,9 @@ or the original's released weights converted to ``.npz``.
   python -m experiments.cifar_eval --weights=cifar10_model.npz --config.genotype=DARTS_V2
 
 With ``--workdir`` the network and data are those of the run (its ``config.json``); only
-``--config.data_dir``, ``--config.download``, ``--config.max_test_examples`` and
-``--config.num_devices`` given on the command line change. With ``--weights`` the network is
+``--config.data_dir``, ``--config.download``, ``--config.max_test_examples``, the devices
+(``num_devices``, the ``distributed`` keys) and ``compute_dtype`` given on the command line
+change. With ``--weights`` the network is
 the one the config describes (the paper's C=36, 20 cells, auxiliary head, by default).
 """
 
@@ -21,7 +22,11 @@ from experiments import cli
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs', 'train.py')
 # what may differ from the run's own config when evaluating a run: where the data is, how much
-EVAL_KEYS = ('data_dir', 'download', 'max_test_examples', 'num_devices')
+EVAL_KEYS = ('data_dir', 'download', 'max_test_examples', 'num_devices', 'compute_dtype',
+             'distributed', 'coordinator_address', 'num_processes', 'process_id',
+             'distributed_timeout')
+# keys added after the first release: a run's config.json without them takes the defaults
+LATER_KEYS = ('batch_norm', 'shard_weights', 'lr_scaling', 'lr_base_batch') + EVAL_KEYS
 
 
 def _flags(values: flags.FlagValues) -> dict:
@@ -43,12 +48,13 @@ def run(config: dict, workdir: str | None, extra: dict) -> None:
       raise cli.UsageError(f'--workdir={workdir}: no config.json there (not a training run)')
     with open(path) as f:
       stored = json.load(f)
-    missing = sorted(set(config) - set(stored))
+    missing = sorted(set(config) - set(stored) - set(LATER_KEYS))
     if missing:
       raise cli.UsageError(f'--workdir={workdir} is not a training run (its config.json has no '
                            f'{", ".join(missing[:3])})')
     # the command line's overrides are the keys where it differs from its own preset
     preset = cli_preset_defaults(config['preset'])
+    stored.update({k: preset[k] for k in LATER_KEYS if k not in stored})
     stored.update({k: config[k] for k in EVAL_KEYS if config[k] != preset[k]})
     genotype = os.path.join(workdir, 'genotype.txt')  # as trained, even if its source moved
     if os.path.isfile(genotype):

@@ -10,9 +10,12 @@ REFERENCE = pathlib.Path(__file__).parent / 'data' / 'quark0_reference.npz'
 # The suite is compile-bound: XLA:CPU's LLVM backend at -O0 halves compile time (measured on
 # tests/test_hypergradient.py: 201 s -> 107 s) and leaves every tolerance met. Set before any
 # test imports jax, so that the backend starts with it (subprocesses inherit it).
-FAST_COMPILE = '--xla_backend_optimization_level=0'
-if FAST_COMPILE not in os.environ.get('XLA_FLAGS', '').split():  # xdist workers import this too
-  os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
+# Four simulated CPU devices let the data-parallel tests build meshes in-process; everything
+# else places its arrays on the first one, as on a one-device machine.
+TEST_FLAGS = ('--xla_backend_optimization_level=0', '--xla_force_host_platform_device_count=4')
+for _flag in TEST_FLAGS:
+  if _flag not in os.environ.get('XLA_FLAGS', '').split():  # xdist workers import this too
+    os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}".strip()
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ ROW_FIELDS = {'preset': str, 'row': str, 'backend': str, 'device': str, 'jax': s
               'python': str, 'lower_s': float, 'compile_s': float, 'step_median_s': float,
               'step_min_s': float, 'step_max_s': float, 'steps': int, 'peak_memory_gb': float,
               'memory_kind': str, 'gflop_per_step': float, 'achieved_gflops': float,
-              'finite': bool, 'depthwise_impl': str, 'layers': int, 'C': int, 'batch': int}
+              'finite': bool, 'depthwise_impl': str, 'compute_dtype': str, 'layers': int, 'C': int,
+              'batch': int}
 
 
 def _run(args, tmp_path, timeout=900):

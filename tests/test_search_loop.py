@@ -85,7 +85,7 @@ def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(d
   checkpoints = ckpt_lib.Checkpoints(str(tmp_path / 'run' / 'checkpoints'))
   assert bad >= 1 and checkpoints.latest_step() == bad  # the state just before the bad step
   assert f'Last good checkpoint: step {bad}' in str(e.value)
-  latest = checkpoints.manager.restore(bad)['state']
+  latest = checkpoints.read(bad)
   assert all(np.all(np.isfinite(v)) for v in latest.values() if np.issubdtype(v.dtype, np.floating))
 
 
@@ -106,6 +106,12 @@ def _cli(*args, devices=1):
     (['--config=experiments/configs/search.py:huge'], "unknown preset 'huge'; allowed: paper"),
     (['--config.no_such_key=1'], 'no_such_key'),
     (['--config.estimator=second'], "estimator='second' is unknown; allowed: first_order"),
+    (['--config.batch_norm=sync'], "batch_norm='sync': allowed: global, per_device"),
+    (['--config.compute_dtype=float16'], "compute_dtype='float16': allowed: '' (the dtype), "
+                                         'bfloat16'),
+    (['--config.lr_scaling=sqrt'], "lr_scaling='sqrt': allowed: none, linear"),
+    (['--config.distributed=True', '--config.coordinator_address=localhost'],
+     "coordinator_address='localhost': give \"host:port\""),
 ])
 def test_cli_bad_input(tmp_path, args, message):
   result = _cli(*args, f'--workdir={tmp_path / "run"}')

@@ -12,6 +12,8 @@ real data, no download, a few minutes on 2 CPU cores).
 
 import ml_collections
 
+from experiments.configs.scale_out import add_scale_out_keys
+
 PRESETS = ('paper', 'tiny', 'demo')
 
 
@@ -32,7 +34,8 @@ def get_config(preset: str = 'paper') -> ml_collections.ConfigDict:
   c.flip = True
   c.seed = 2
   c.dtype = 'float32'
-  c.num_devices = 1  # devices of the data-parallel mesh (0: all)
+
+  add_scale_out_keys(c, base_batch=64)  # devices, hosts, BN semantics, bf16, lr scaling
 
   # supernet (the paper's search network)
   c.init_channels = 16

@@ -13,6 +13,8 @@ download, a few minutes on 2 CPU cores).
 
 import ml_collections
 
+from experiments.configs.scale_out import add_scale_out_keys
+
 PRESETS = ('paper', 'tiny', 'demo')
 
 
@@ -37,7 +39,8 @@ def get_config(preset: str = 'paper') -> ml_collections.ConfigDict:
   c.cutout_length = 16  # 0: no cutout
   c.seed = 0
   c.dtype = 'float32'
-  c.num_devices = 1  # devices of the data-parallel mesh (0: all)
+
+  add_scale_out_keys(c, base_batch=96)  # devices, hosts, BN semantics, bf16, lr scaling
 
   # the evaluation network (NetworkCIFAR)
   c.init_channels = 36
