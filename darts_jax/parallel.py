@@ -21,6 +21,8 @@ BatchNorm semantics (``batch_norm``):
 from __future__ import annotations
 
 import dataclasses
+import socket
+import time
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -74,11 +76,31 @@ class DistributedConfig:
                        f'{self.num_processes}')
 
 
+def _wait_for_coordinator(address: str, timeout: float) -> None:
+  """Raises a one-line error unless ``host:port`` accepts connections within ``timeout``
+  seconds. JAX itself aborts the whole process (a C++ check failure) when it cannot register
+  with the coordinator in time."""
+  host, port = address.rsplit(':', 1)
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      with socket.create_connection((host.strip('[]'), int(port)), timeout=1.0):
+        return
+    except (OSError, ValueError) as e:
+      if time.monotonic() >= deadline:
+        raise ValueError(f'coordinator_address={address!r}: nothing answered there within '
+                         f'{timeout:g} s ({e}); start process 0 first, or check the address '
+                         'and distributed_timeout') from None
+      time.sleep(0.5)
+
+
 def initialize(dist: DistributedConfig) -> None:
   """Joins the multi-process run described by ``dist`` (nothing when it is disabled or this
   process has joined already). Must run before anything else touches a JAX backend."""
   if not dist.enabled or jax.distributed.is_initialized():
     return
+  if dist.coordinator_address and dist.process_id > 0:
+    _wait_for_coordinator(dist.coordinator_address, dist.timeout)
   try:
     jax.distributed.initialize(
         coordinator_address=dist.coordinator_address or None,
@@ -90,7 +112,8 @@ def initialize(dist: DistributedConfig) -> None:
     raise ValueError(
         f'distributed=True: could not join the run ({first}). Give coordinator_address, '
         'num_processes and process_id, or launch under SLURM / a TPU pod / Open MPI where JAX '
-        'detects them; distributed must be set before any other JAX work in the process')
+        'detects them; distributed must be set before any other JAX work in the process'
+    ) from None
 
 
 def is_main_process() -> bool:

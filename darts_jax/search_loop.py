@@ -146,7 +146,7 @@ def run_search(cfg: Mapping, workdir: str, *,
   preprocess = lambda key, images: data_lib.augment(
       key, images, mean, std, cfg['crop_padding'], cfg['flip']).astype(dtype)
   loss = make_loss(net, compute_dtype=ex.compute_dtype)
-  if ex.batch_norm == 'per_device':
+  if ex.batch_norm == 'per_device' and mesh.size > 1:  # one device: the same as global
     loss = parallel.per_device_batch_norm(loss, mesh.size, mesh)
   eval_loss = make_loss(net, train=False, compute_dtype=ex.compute_dtype)
 

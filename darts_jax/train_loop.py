@@ -177,7 +177,7 @@ def run_train(cfg: Mapping, workdir: str, *,
     return data_lib.cutout(k_cut, x, cfg['cutout_length']).astype(s.dtype)
 
   loss = train_lib.make_train_loss(model, hp.auxiliary_weight, ex.compute_dtype)
-  if ex.batch_norm == 'per_device':
+  if ex.batch_norm == 'per_device' and mesh.size > 1:  # one device: the same as global
     loss = parallel.per_device_batch_norm(loss, mesh.size, mesh, batch_argnum=2, key_argnum=3)
   state = train_lib.init_train_state(hp, model, jax.random.PRNGKey(cfg['seed']),
                                      tuple(train_set.images.shape[1:3]),
@@ -300,6 +300,8 @@ def evaluate_checkpoint(cfg: Mapping, workdir: str | None = None, which: str = '
   if weights is not None and not os.path.isfile(weights):
     raise ValueError(f'weights={weights!r}: no such file')
   s = _setup(cfg, need_train=False)
+  if not s.ex.main:
+    log = lambda text: None  # noqa: E731  (process 0 speaks for the run)
   state = train_lib.init_train_state(s.hp, s.model, jax.random.PRNGKey(0),
                                      tuple(s.test_set.images.shape[1:3]),
                                      s.test_set.images.shape[-1], s.dtype)

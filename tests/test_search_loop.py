@@ -129,3 +129,19 @@ def test_cli_batch_not_divisible_by_devices(data_dir, tmp_path):
   assert 'batch_size=6 is not divisible by the number of devices (4)' in result.stderr
   assert 'Traceback' not in result.stderr
   assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('args, message', [
+    ([], 'distributed=True: could not join the run (coordinator_address should be defined'),
+    (['--config.coordinator_address=localhost:1', '--config.num_processes=2',
+      '--config.process_id=1', '--config.distributed_timeout=2'],
+     "coordinator_address='localhost:1': nothing answered there within 2 s"),
+])
+def test_cli_distributed_without_the_other_processes(data_dir, tmp_path, args, message):
+  result = _cli('--config=experiments/configs/search.py:tiny', f'--config.data_dir={data_dir}',
+                '--config.max_examples=0', '--config.batch_size=8', '--config.distributed=True',
+                *args, f'--workdir={tmp_path / "run"}')
+  assert result.returncode == 2, result.stderr
+  assert message in result.stderr
+  assert 'Traceback' not in result.stderr
+  assert not (tmp_path / 'run').exists()
