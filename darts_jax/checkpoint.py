@@ -127,10 +127,12 @@ class Checkpoints:
 
 
 def check_run_config(workdir: str, config: Mapping, may_differ: tuple[str, ...] = (),
-                     write: bool = True) -> bool:
+                     write: bool = True, absent_means: Mapping[str, Any] | None = None) -> bool:
   """Guards a run directory: writes ``config.json`` on first use (unless ``write`` is False:
   the other processes of a multi-process run); afterwards the stored config must equal
-  ``config`` except for ``may_differ`` keys. Returns True if the workdir held a run.
+  ``config`` except for ``may_differ`` keys. A key missing from the stored config (a run
+  started before the key existed) matches the value ``absent_means`` gives it, the behaviour
+  of the time. Returns True if the workdir held a run.
 
   Raises ValueError naming the differing keys (nothing in the workdir is touched).
   """
@@ -139,6 +141,7 @@ def check_run_config(workdir: str, config: Mapping, may_differ: tuple[str, ...] 
   if os.path.exists(path):
     with open(path) as f:
       stored = json.load(f)
+    stored = {**dict(absent_means or {}), **stored}
     keys = sorted((set(stored) | set(config)) - set(may_differ))
     differ = [k for k in keys if stored.get(k, '<absent>') != config.get(k, '<absent>')]
     if differ:

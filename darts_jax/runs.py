@@ -104,6 +104,9 @@ EXECUTION_KEYS = ('num_devices', 'batch_norm', 'shard_weights', 'compute_dtype',
 # of those, the ones a resumed run may change: they do not change what is computed
 PROCESS_KEYS = ('distributed', 'coordinator_address', 'num_processes', 'process_id',
                 'distributed_timeout')
+# what a run started before these keys existed did: it resumes under these values
+BEFORE_SCALE_OUT = {'batch_norm': 'global', 'shard_weights': False, 'compute_dtype': '',
+                    'lr_scaling': 'none'}
 
 
 class Execution(NamedTuple):
@@ -153,13 +156,16 @@ def check_workdir(workdir: str, cfg: Mapping, may_differ: tuple[str, ...], main:
   """``checkpoint.check_run_config`` for every process: process 0 checks and writes the run's
   ``config.json`` first, then the others check against it. With global BatchNorm the number of
   devices does not change what is computed, so a run may resume on another number of them."""
+  may_differ = tuple(may_differ)
   if cfg['batch_norm'] == 'global':
-    may_differ = tuple(may_differ) + ('num_devices',)
-  resumed = ckpt_lib.check_run_config(workdir, cfg, may_differ) if main else False
+    may_differ += ('num_devices',)
+  if cfg['lr_scaling'] == 'none':
+    may_differ += ('lr_base_batch',)  # unused then
+  check = lambda write: ckpt_lib.check_run_config(  # noqa: E731
+      workdir, cfg, may_differ, write, absent_means=BEFORE_SCALE_OUT)
+  resumed = check(True) if main else False
   parallel.barrier('config')
-  if not main:
-    resumed = ckpt_lib.check_run_config(workdir, cfg, may_differ, write=False)
-  return resumed
+  return resumed if main else check(False)
 
 
 def restore_latest(checkpoints, state, workdir: str, resumed: bool, steps_per_epoch: int,

@@ -247,3 +247,29 @@ def test_batch_feed_and_mesh_errors():
     parallel.make_mesh(9)
   with pytest.raises(ValueError, match=r"batch_norm='sync': allowed: global, per_device"):
     parallel.check_batch_norm_mode('sync')
+
+
+def test_resume_check_allows_another_device_count_and_runs_from_before_these_keys(tmp_path):
+  import json
+
+  from darts_jax import runs
+  from darts_jax.search_loop import MAY_DIFFER
+  from experiments.configs.search import get_config
+
+  cfg = get_config('tiny').to_dict()
+  check = lambda workdir, c: runs.check_workdir(str(tmp_path / workdir), c, MAY_DIFFER, True)
+  assert not check('global', cfg)
+  assert check('global', dict(cfg, num_devices=4, distributed=True))  # global BN: same result
+  per_device = dict(cfg, batch_norm='per_device')
+  assert not check('per_device', per_device)
+  with pytest.raises(ValueError, match=r'different config \(num_devices: 1 -> 4\)'):
+    check('per_device', dict(per_device, num_devices=4))  # the shards' BN statistics change
+
+  # a run started before the scale-out keys existed resumes under their old behaviour only
+  old = {k: v for k, v in cfg.items() if k not in runs.EXECUTION_KEYS[1:] +
+         ('lr_scaling', 'lr_base_batch')}
+  (tmp_path / 'old').mkdir()
+  (tmp_path / 'old' / 'config.json').write_text(json.dumps(old))
+  assert check('old', cfg)
+  with pytest.raises(ValueError, match=r"compute_dtype: '' -> 'bfloat16'"):
+    check('old', dict(cfg, compute_dtype='bfloat16'))
