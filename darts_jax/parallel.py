@@ -208,9 +208,9 @@ def state_sharding(state: Any, mesh: Mesh, sharded_fields: Sequence[str] = (),
   replicated = NamedSharding(mesh, P())
   fields = {}
   for name, value in state._asdict().items():
-    place = ((lambda x: leaf_sharding(np.shape(x), mesh, min_size)) if name in sharded_fields
+    where = ((lambda x: leaf_sharding(np.shape(x), mesh, min_size)) if name in sharded_fields
              else (lambda x: replicated))
-    fields[name] = jax.tree_util.tree_map(place, value)
+    fields[name] = jax.tree_util.tree_map(where, value)
   return type(state)(**fields)
 
 
