@@ -22,6 +22,9 @@ BATCH = 8
 # ops that cover pooling + BN, identity and a separable convolution with its BNs
 NET = SupernetConfig(C=2, layers=2, steps=2, multiplier=2,
                      primitives=('max_pool_3x3', 'skip_connect', 'sep_conv_3x3'))
+# the per-device float64 exact test compiles twice in float64: one node, two ops with BNs
+NET_1NODE = SupernetConfig(C=2, layers=2, steps=1, multiplier=1,
+                           primitives=('max_pool_3x3', 'sep_conv_3x3'))
 IMAGE = (8, 8)
 
 
@@ -37,18 +40,18 @@ def _batches(seed, n=2, dtype=np.float32):
            rng.integers(0, 10, BATCH).astype(np.int32)) for _ in range(2 * n)]
 
 
-def _search_state(hp, dtype=jnp.float32):
-  variables = init_supernet(jax.random.PRNGKey(0), NET, IMAGE, dtype)
+def _search_state(hp, dtype=jnp.float32, net=NET):
+  variables = init_supernet(jax.random.PRNGKey(0), net, IMAGE, dtype)
   return S.init_search_state(hp, variables.weights,
-                             init_alphas(jax.random.PRNGKey(1), NET, dtype),
+                             init_alphas(jax.random.PRNGKey(1), net, dtype),
                              variables.batch_stats, jax.random.PRNGKey(2))
 
 
 def _run_search(hp, loss, mesh, sharded_fields=(), min_size=parallel.MIN_SHARDED_SIZE,
-                steps=2, dtype=jnp.float32):
+                steps=2, dtype=jnp.float32, net=NET):
   """``steps`` jitted search steps on ``mesh``; returns the final state on the host, the
   jitted function and the placed state."""
-  state = _search_state(hp, dtype)
+  state = _search_state(hp, dtype, net)
   shardings = parallel.state_sharding(state, mesh, sharded_fields, min_size)
   step = S.jit_search_step(hp, loss, mesh, state_sharding=shardings)
   state = parallel.place(state, shardings)
@@ -102,13 +105,14 @@ def test_per_device_batch_norm_equals_per_shard_steps_averaged(x64):
   # amplifies float32 round-off to ~1e-5 after two exact steps; in float64 the two agree to 1e-10
   hp = S.SearchHParams(estimator='exact', steps_per_epoch=4, epochs=2)
   mesh = _mesh(DEVICES)
-  loss = make_loss(NET)
+  loss = make_loss(NET_1NODE)
   per_device_loss = parallel.per_device_batch_norm(loss, DEVICES, mesh)
-  per_device, _, _ = _run_search(hp, per_device_loss, mesh, dtype=jnp.float64)
-  reference, _, _ = _run_search(hp, _per_shard_loss(loss, DEVICES), _mesh(1), dtype=jnp.float64)
+  per_device, _, _ = _run_search(hp, per_device_loss, mesh, dtype=jnp.float64, net=NET_1NODE)
+  reference, _, _ = _run_search(hp, _per_shard_loss(loss, DEVICES), _mesh(1),
+                                dtype=jnp.float64, net=NET_1NODE)
   _assert_trees_close(per_device, reference, rtol=1e-9, atol=1e-11)
   # and it is not global BN (the comparison could not pass by accident)
-  state = _search_state(hp, jnp.float64)
+  state = _search_state(hp, jnp.float64, NET_1NODE)
   batch = _batches(0, 1, np.float64)[0]
   values = jax.jit(lambda *args: (per_device_loss(*args)[0], loss(*args)[0]))
   per_device_value, global_value = values(state.weights, state.alphas, state.batch_stats, batch)
