@@ -284,8 +284,12 @@ def cast_floating(tree, dtype):
   differentiated function, so gradients arrive in the leaves' own (master) precision."""
   if dtype is None:
     return tree
-  if jnp.dtype(dtype).name not in COMPUTE_DTYPES:
-    raise ValueError(f'compute_dtype={jnp.dtype(dtype).name!r}: allowed: '
+  try:
+    name = jnp.dtype(dtype).name
+  except TypeError:
+    name = dtype
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f'compute_dtype={name!r}: allowed: '
                      f'{", ".join(COMPUTE_DTYPES)} (or None: the weights\' own dtype)')
   return jax.tree_util.tree_map(
       lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)

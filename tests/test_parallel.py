@@ -224,6 +224,8 @@ def test_bf16_mixed_precision_stays_near_float32_with_float32_master_weights():
 def test_bad_compute_dtype_is_one_line():
   with pytest.raises(ValueError, match=r"compute_dtype='float16': allowed: bfloat16"):
     make_loss(NET, compute_dtype='float16')
+  with pytest.raises(ValueError, match=r"compute_dtype='bf61': allowed: bfloat16"):
+    make_loss(NET, compute_dtype='bf61')
 
 
 def test_linear_learning_rate_scaling_gives_the_multi_gpu_search_settings():
