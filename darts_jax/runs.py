@@ -98,15 +98,15 @@ def hparams_from_config(cls, cfg: Mapping, steps_per_epoch: int):
   return cls(steps_per_epoch=steps_per_epoch, **values)
 
 
-# config keys of the execution: where and how a run computes, not what
-EXECUTION_KEYS = ('num_devices', 'batch_norm', 'shard_weights', 'compute_dtype', 'distributed',
-                  'coordinator_address', 'num_processes', 'process_id', 'distributed_timeout')
-# of those, the ones a resumed run may change: they do not change what is computed
+# how the processes of a run find each other: a resumed run may change them (they do not change
+# what is computed)
 PROCESS_KEYS = ('distributed', 'coordinator_address', 'num_processes', 'process_id',
                 'distributed_timeout')
-# what a run started before these keys existed did: it resumes under these values
+# what a run started before the scale-out keys existed did: it resumes under these values
 BEFORE_SCALE_OUT = {'batch_norm': 'global', 'shard_weights': False, 'compute_dtype': '',
                     'lr_scaling': 'none'}
+# every config key the scale-out added (experiments/configs/scale_out.py, num_devices aside)
+SCALE_OUT_KEYS = tuple(BEFORE_SCALE_OUT) + ('lr_base_batch',) + PROCESS_KEYS
 
 
 class Execution(NamedTuple):
@@ -116,6 +116,10 @@ class Execution(NamedTuple):
   shard_weights: bool
   compute_dtype: str | None  # None: the run's dtype; 'bfloat16': mixed precision
   main: bool  # this process writes logs and files
+
+  def speaker(self, log: Callable[[str], None]) -> Callable[[str], None]:
+    """``log`` on process 0, which speaks for the run; silence on the others."""
+    return log if self.main else (lambda text: None)
 
   def describe(self, batch_size: int) -> str:
     text = f'batch {batch_size} on {self.mesh.size} device(s)'

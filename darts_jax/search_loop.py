@@ -130,8 +130,7 @@ def run_search(cfg: Mapping, workdir: str, *,
   hp = hparams_from_config(cfg, spe)
   ex = runs.execution(cfg)
   mesh = ex.mesh
-  if not ex.main:
-    log = lambda text: None  # noqa: E731  (process 0 speaks for the run)
+  log = ex.speaker(log)
   primitives = tuple(cfg['primitives']) if cfg.get('primitives') else PRIMITIVES
   net = SupernetConfig(C=cfg['init_channels'], num_classes=full.num_classes,
                        layers=cfg['layers'], steps=cfg['steps'], multiplier=cfg['multiplier'],

@@ -163,8 +163,7 @@ def run_train(cfg: Mapping, workdir: str, *,
   s = _setup(cfg)
   cfg, hp, model, train_set, ex = s.cfg, s.hp, s.model, s.train_set, s.ex
   mesh, batch, spe = ex.mesh, cfg['batch_size'], s.hp.steps_per_epoch
-  if not ex.main:
-    log = lambda text: None  # noqa: E731  (process 0 speaks for the run)
+  log = ex.speaker(log)
   resumed = runs.check_workdir(workdir, cfg, MAY_DIFFER, ex.main)
   if ex.main:
     runs.write_atomic(os.path.join(workdir, 'genotype.txt'), s.genotype.to_string() + '\n')
@@ -300,8 +299,7 @@ def evaluate_checkpoint(cfg: Mapping, workdir: str | None = None, which: str = '
   if weights is not None and not os.path.isfile(weights):
     raise ValueError(f'weights={weights!r}: no such file')
   s = _setup(cfg, need_train=False)
-  if not s.ex.main:
-    log = lambda text: None  # noqa: E731  (process 0 speaks for the run)
+  log = s.ex.speaker(log)
   state = train_lib.init_train_state(s.hp, s.model, jax.random.PRNGKey(0),
                                      tuple(s.test_set.images.shape[1:3]),
                                      s.test_set.images.shape[-1], s.dtype)

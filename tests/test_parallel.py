@@ -272,8 +272,7 @@ def test_resume_check_allows_another_device_count_and_runs_from_before_these_key
     check('per_device', dict(per_device, num_devices=4))  # the shards' BN statistics change
 
   # a run started before the scale-out keys existed resumes under their old behaviour only
-  old = {k: v for k, v in cfg.items() if k not in runs.EXECUTION_KEYS[1:] +
-         ('lr_scaling', 'lr_base_batch')}
+  old = {k: v for k, v in cfg.items() if k not in runs.SCALE_OUT_KEYS}
   (tmp_path / 'old').mkdir()
   (tmp_path / 'old' / 'config.json').write_text(json.dumps(old))
   assert check('old', cfg)
