@@ -16,6 +16,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from darts_jax.ops import kernels
 from darts_jax.supernet import SupernetConfig, init_alphas, init_supernet, make_loss
 
 PRESETS = {'small': dict(layers=5, C=8, batch=16), 'paper': dict(layers=8, C=16, batch=64)}
@@ -59,7 +60,7 @@ def measure(preset: str, impl: str, runs: int = 3) -> dict:
 def main(argv=None):
   parser = argparse.ArgumentParser(prog='python -m benchmarks.compile_time')
   parser.add_argument('--preset', choices=[*PRESETS, 'all'], default='all')
-  parser.add_argument('--depthwise_impl', choices=['auto', 'taps', 'xla'], default='auto')
+  parser.add_argument('--depthwise_impl', choices=kernels.DEPTHWISE_IMPLS, default='auto')
   args = parser.parse_args(argv)
   presets = list(PRESETS) if args.preset == 'all' else [args.preset]
   print(f'{"preset":8} {"loss lower+compile":>20} {"grad lower+compile":>20} {"grad step":>10}')

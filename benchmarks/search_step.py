@@ -33,7 +33,9 @@ def measure(preset: str, row: str, steps: int, depthwise_impl: str = 'auto',
   import jax.numpy as jnp
   import numpy as np
 
+  from darts_jax import hypergradient as hg
   from darts_jax import search as S
+  from darts_jax.parallel import make_mesh
   from darts_jax.supernet import SupernetConfig, init_alphas, init_supernet, make_loss
 
   p = PRESETS[preset]
@@ -58,10 +60,10 @@ def measure(preset: str, row: str, steps: int, depthwise_impl: str = 'auto',
     result, state = common.time_step(jitted, (state, train), steps,
                                      lambda out, args: (out, args[1]))
   else:
-    jitted = S.jit_search_step(hp, loss, S.make_mesh(1))
+    jitted = S.jit_search_step(hp, loss, make_mesh(1))
     result, (state, _) = common.time_step(jitted, (state, train, val), steps,
                                           lambda out, args: (out[0], *args[1:]))
-  finite = bool(np.isfinite(float(S.hg.tree_norm(state.weights))))
+  finite = bool(np.isfinite(float(hg.tree_norm(state.weights))))
   return {'preset': preset, **p, 'row': row, 'depthwise_impl': depthwise_impl,
           'compute_dtype': compute_dtype, **result,
           'finite': finite}

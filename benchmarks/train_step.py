@@ -28,10 +28,11 @@ def measure(preset: str, genotype: str, steps: int, depthwise_impl: str = 'auto'
   import jax.numpy as jnp
   import numpy as np
 
+  from darts_jax import hypergradient as hg
   from darts_jax import train as T
   from darts_jax.networks import NetworkCIFAR
-  from darts_jax.search import make_mesh
-  from darts_jax.supernet import num_params
+  from darts_jax.ops.init import num_params
+  from darts_jax.parallel import make_mesh
 
   p = PRESETS[preset]
   model = NetworkCIFAR(p['C'], 10, p['layers'], True, genotype, depthwise_impl=depthwise_impl)
@@ -48,8 +49,9 @@ def measure(preset: str, genotype: str, steps: int, depthwise_impl: str = 'auto'
   result, (state, _) = common.time_step(jitted, (state, batch), steps,
                                         lambda out, args: (out[0], args[1]))
   return {'preset': preset, **p, 'row': 'train_step', 'genotype': genotype,
-          'depthwise_impl': depthwise_impl, 'compute_dtype': compute_dtype, 'params': num_params(state.params), **result,
-          'finite': bool(np.isfinite(float(T.optax.tree.norm(state.params))))}
+          'depthwise_impl': depthwise_impl, 'compute_dtype': compute_dtype,
+          'params': num_params(state.weights), **result,
+          'finite': bool(np.isfinite(float(hg.tree_norm(state.weights))))}
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,7 @@
-"""darts_jax: DARTS (Liu, Simonyan & Yang, ICLR 2019) in JAX/Flax."""
+"""darts_jax: DARTS (Liu, Simonyan & Yang, ICLR 2019) in JAX/Flax.
 
-from darts_jax.genotypes import (DARTS, DARTS_V1, DARTS_V2, GENOTYPES, PRIMITIVES, Genotype,
-                                 derive_genotype, parse_genotype)
-from darts_jax.supernet import (SupernetConfig, init_alphas, init_supernet, make_apply, make_loss)
+Import from the modules themselves (``from darts_jax import search``, ``from darts_jax.supernet
+import make_loss``); README's "Layout" says which module holds what.
+"""
 
 __version__ = '0.1.0'

@@ -18,6 +18,22 @@ import jax
 import numpy as np
 
 
+# entry-name prefixes that earlier code wrote (old -> new): such checkpoints restore into today's
+# state (the training state's network weights were called ``params`` until the names were
+# unified: ``weights`` everywhere)
+RENAMED_PREFIXES = (('params.', 'weights.'),)
+
+
+def _stored_name(name: str, stored: set[str]) -> str:
+  """The name under which a checkpoint holds ``name``: itself, or its earlier name."""
+  if name in stored:
+    return name
+  for old, new in RENAMED_PREFIXES:
+    if name.startswith(new) and old + name[len(new):] in stored:
+      return old + name[len(new):]
+  return name
+
+
 def _key_name(key) -> str:
   for attr in ('key', 'name', 'idx'):
     if hasattr(key, attr):
@@ -96,12 +112,28 @@ class Checkpoints:
     if step is None:
       raise FileNotFoundError('no checkpoint to restore')
     host = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    on_device = {k: isinstance(v, jax.Array) for k, v in flatten_named(like).items()}
-    abstract = {k: jax.ShapeDtypeStruct(np.shape(v), _dtype(v),
-                                        sharding=v.sharding if on_device[k] else host)
-                for k, v in flatten_named(like).items()}
+    like_named = flatten_named(like)
+    stored_meta = self.manager.item_metadata(step)['state']
+    stored = set(stored_meta)
+    names = {k: _stored_name(k, stored) for k in like_named}
+    # a checkpoint of another run fails here, by entry name, not deep inside orbax
+    missing = sorted(k for k in like_named if names[k] not in stored)
+    extra = sorted(stored - set(names.values()))
+    if missing or extra:
+      raise ValueError(f'checkpoint does not fit this run: missing {missing[:3]}, unexpected '
+                       f'{extra[:3]} (of {len(missing)} / {len(extra)})')
+    for k, v in like_named.items():
+      shape = tuple(stored_meta[names[k]].shape)
+      if shape != tuple(np.shape(v)):
+        raise ValueError(f'checkpoint entry {k!r} has shape {shape}; this run needs '
+                         f'{tuple(np.shape(v))}')
+    on_device = {k: isinstance(v, jax.Array) for k, v in like_named.items()}
+    abstract = {names[k]: jax.ShapeDtypeStruct(np.shape(v), _dtype(v),
+                                               sharding=v.sharding if on_device[k] else host)
+                for k, v in like_named.items()}
     restored, metadata = self._restore(step, abstract)
-    named = {k: v if on_device[k] else np.asarray(v) for k, v in restored.items()}
+    named = {k: restored[names[k]] if on_device[k] else np.asarray(restored[names[k]])
+             for k in like_named}
     return unflatten_named(named, like), metadata
 
   def read(self, step: int | None = None) -> dict[str, np.ndarray]:
@@ -126,13 +158,23 @@ class Checkpoints:
     self.manager.close()
 
 
+def write_atomic(path: str, text: str) -> None:
+  """``text`` in ``path``, never half-written: a crash leaves the previous file."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
 def check_run_config(workdir: str, config: Mapping, may_differ: tuple[str, ...] = (),
-                     write: bool = True, absent_means: Mapping[str, Any] | None = None) -> bool:
+                     write: bool = True, absent_means: Mapping[str, Any] | None = None,
+                     renamed: Mapping[str, str] | None = None) -> bool:
   """Guards a run directory: writes ``config.json`` on first use (unless ``write`` is False:
   the other processes of a multi-process run); afterwards the stored config must equal
   ``config`` except for ``may_differ`` keys. A key missing from the stored config (a run
   started before the key existed) matches the value ``absent_means`` gives it, the behaviour
-  of the time. Returns True if the workdir held a run.
+  of the time; a key of the stored config that ``renamed`` maps (old name -> new) is compared
+  under its new name. Returns True if the workdir held a run.
 
   Raises ValueError naming the differing keys (nothing in the workdir is touched).
   """
@@ -141,6 +183,7 @@ def check_run_config(workdir: str, config: Mapping, may_differ: tuple[str, ...] 
   if os.path.exists(path):
     with open(path) as f:
       stored = json.load(f)
+    stored = {(renamed or {}).get(k, k): v for k, v in stored.items()}
     stored = {**dict(absent_means or {}), **stored}
     keys = sorted((set(stored) | set(config)) - set(may_differ))
     differ = [k for k in keys if stored.get(k, '<absent>') != config.get(k, '<absent>')]

@@ -54,7 +54,8 @@ def _as_concat(concat: Any, field: str) -> tuple[int, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class Genotype:
-  """A cell pair: per intermediate node two (op, input) pairs; inputs 0 and 1 are the cell inputs."""
+  """A cell pair: per intermediate node two (op, input) pairs; inputs 0 and 1 are the cell
+  inputs."""
   normal: tuple[tuple[str, int], ...]
   normal_concat: tuple[int, ...]
   reduce: tuple[tuple[str, int], ...]
@@ -71,15 +72,15 @@ class Genotype:
         if not 0 <= j < node + 2:
           raise ValueError(f'genotype {kind}: node {node} takes input {j} ({op!r}); allowed '
                            f'inputs are 0..{node + 1}')
-      steps = len(pairs) // 2
+      nodes = len(pairs) // 2
       if not concat:
         raise ValueError(f'genotype {kind}_concat is empty: list the states to concatenate')
       for c in concat:
-        if not 0 <= c < steps + 2:
-          raise ValueError(f'genotype {kind}_concat: {c} is not a state index 0..{steps + 1}')
+        if not 0 <= c < nodes + 2:
+          raise ValueError(f'genotype {kind}_concat: {c} is not a state index 0..{nodes + 1}')
         if kind == 'reduce' and c < 2:
           raise ValueError(f'genotype reduce_concat: {c} is a cell input, whose size differs from '
-                           f'the reduced nodes; allowed: 2..{steps + 1}')
+                           f'the reduced nodes; allowed: 2..{nodes + 1}')
       object.__setattr__(self, kind, pairs)
       object.__setattr__(self, kind + '_concat', concat)
 
@@ -258,24 +259,35 @@ GENOTYPES: Mapping[str, Genotype] = {'DARTS_V1': DARTS_V1, 'DARTS_V2': DARTS_V2,
                                      'NASNet': NASNet, 'AmoebaNet': AmoebaNet}
 
 
-def num_edges(steps: int) -> int:
-  """Edges of a cell with ``steps`` intermediate nodes: node i has i + 2 inputs."""
-  return sum(i + 2 for i in range(steps))
+def num_edges(nodes: int) -> int:
+  """Edges of a cell with ``nodes`` intermediate nodes: node i has i + 2 inputs."""
+  return sum(i + 2 for i in range(nodes))
 
 
-def _softmax(a: np.ndarray) -> np.ndarray:
-  e = np.exp(a - a.max(axis=-1, keepdims=True))
-  return e / e.sum(axis=-1, keepdims=True)
+def mixing_weights(alphas: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """The mixing weights ``softmax(alpha)`` of eq. 2, over the ops of each edge (the last axis).
+
+  numpy, in the alphas' own floating precision as the original computes them (near-ties can rank
+  differently in float32 and float64); any other dtype (integers, bfloat16) in float64. The one
+  softmax behind the genotype rule and every display of the alphas.
+  """
+  out = {}
+  for kind, a in alphas.items():
+    a = np.asarray(a)
+    a = a.astype(a.dtype if np.issubdtype(a.dtype, np.floating) else np.float64)
+    e = np.exp(a - a.max(axis=-1, keepdims=True))
+    out[kind] = e / e.sum(axis=-1, keepdims=True)
+  return out
 
 
-def _parse_cell(weights: np.ndarray, primitives: Sequence[str], steps: int):
+def _parse_cell(mixing: np.ndarray, primitives: Sequence[str], nodes: int):
   """The original's rule: per node keep the 2 incoming edges whose strongest non-none op is
   strongest; on each, that op. Ties resolve as in the original (stable sort, first maximum)."""
   skip = [k for k, p in enumerate(primitives) if p == 'none']
   candidates = [k for k in range(len(primitives)) if k not in skip]
   gene, start = [], 0
-  for i in range(steps):
-    rows = weights[start:start + i + 2]
+  for i in range(nodes):
+    rows = mixing[start:start + i + 2]
     edges = sorted(range(i + 2), key=lambda j: -max(rows[j][k] for k in candidates))[:2]
     for j in edges:
       best = candidates[0]
@@ -288,25 +300,23 @@ def _parse_cell(weights: np.ndarray, primitives: Sequence[str], steps: int):
 
 
 def derive_genotype(alphas: Mapping[str, Any], primitives: Sequence[str] = PRIMITIVES,
-                    steps: int = 4, multiplier: int = 4) -> Genotype:
-  """The discrete genotype of ``alphas = {'normal': (E, K), 'reduce': (E, K)}`` (not softmaxed)."""
-  shape = (num_edges(steps), len(primitives))
+                    nodes: int = 4, multiplier: int = 4) -> Genotype:
+  """The discrete genotype of ``alphas = {'normal': (E, K), 'reduce': (E, K)}`` (not softmaxed):
+  the original's rule on :func:`mixing_weights` of them."""
+  shape = (num_edges(nodes), len(primitives))
   if not isinstance(alphas, Mapping):
     raise ValueError(f"alphas must be a dict with keys 'normal' and 'reduce', got "
                      f'{type(alphas).__name__}')
   if all(p == 'none' for p in primitives):
     raise ValueError(f'cannot derive a genotype from ops {tuple(primitives)}: every op is none')
-  cells = {}
   for kind in ('normal', 'reduce'):
     if kind not in alphas:
       raise ValueError(f"alphas need keys 'normal' and 'reduce', got {sorted(alphas)}")
-    a = np.asarray(alphas[kind])
-    # softmax in the alphas' own precision, as the original does (near-ties can rank differently)
-    a = a.astype(a.dtype if np.issubdtype(a.dtype, np.floating) else np.float64)
-    if a.shape != shape:
-      raise ValueError(f'alphas[{kind!r}] has shape {a.shape}; expected {shape} '
-                       f'({steps} steps, {len(primitives)} ops)')
-    cells[kind] = _parse_cell(_softmax(a), primitives, steps)
-  concat = list(range(2 + steps - multiplier, steps + 2))
+    if np.shape(alphas[kind]) != shape:
+      raise ValueError(f'alphas[{kind!r}] has shape {np.shape(alphas[kind])}; expected {shape} '
+                       f'({nodes} nodes, {len(primitives)} ops)')
+  mixing = mixing_weights({kind: alphas[kind] for kind in ('normal', 'reduce')})
+  cells = {kind: _parse_cell(m, primitives, nodes) for kind, m in mixing.items()}
+  concat = list(range(2 + nodes - multiplier, nodes + 2))
   return Genotype(normal=cells['normal'], normal_concat=concat, reduce=cells['reduce'],
                   reduce_concat=concat)

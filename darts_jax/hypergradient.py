@@ -28,7 +28,9 @@ import optax
 Pytree = Any
 LossFn = Callable[[Pytree, Pytree], jax.Array]
 
-METHODS = ('first_order', 'unrolled', 'finite_difference', 'implicit')
+# the estimators by name (make_estimator) and the inverse-Hessian solvers of `implicit`
+ESTIMATORS = ('first_order', 'exact', 'finite_difference', 'unrolled', 'implicit')
+IMPLICIT_SOLVERS = ('cg', 'neumann')
 
 
 class HypergradientAux(NamedTuple):
@@ -181,16 +183,18 @@ def first_order(train_loss: LossFn, val_loss: LossFn, w: Pytree, alpha: Pytree
 
 
 def unrolled(train_loss: LossFn, val_loss: LossFn, w: Pytree, alpha: Pytree,
-             inner: optax.GradientTransformation, inner_state, steps: int = 1,
+             inner: optax.GradientTransformation, inner_state, inner_steps: int = 1,
              remat: bool = False) -> tuple[Pytree, HypergradientAux]:
-  """Exact gradient of alpha -> L_val(w_K(alpha), alpha) through K real optimiser steps.
+  """Exact gradient of alpha -> L_val(w_K(alpha), alpha) through K = ``inner_steps`` real
+  optimiser steps.
 
-  K = 1 is DARTS second order (eq. 6), computed exactly by differentiating through the step
-  rather than by eq. (7)'s finite difference. ``remat`` recomputes each step's activations in
-  the backward pass (``jax.checkpoint``): memory of one step instead of K.
+  K = 1 is DARTS second order (eq. 6, :func:`second_order`), computed exactly by differentiating
+  through the step rather than by eq. (7)'s finite difference. ``remat`` recomputes each step's
+  activations in the backward pass (``jax.checkpoint``): memory of one step instead of K.
   """
-  if not isinstance(steps, (int, np.integer)) or steps < 1:
-    raise ValueError(f'steps={steps!r}: the number of unrolled inner steps must be an integer >= 1')
+  if not isinstance(inner_steps, (int, np.integer)) or inner_steps < 1:
+    raise ValueError(f'inner_steps={inner_steps!r}: the number of unrolled inner steps must be '
+                     'an integer >= 1')
   _check_inputs(w, alpha)
   _check_inner_state(inner, inner_state, w)
 
@@ -203,7 +207,7 @@ def unrolled(train_loss: LossFn, val_loss: LossFn, w: Pytree, alpha: Pytree,
       return (w_next, state), loss
 
     body = jax.checkpoint(body) if remat else body
-    (w_k, _), train_losses = jax.lax.scan(body, (w, inner_state), None, length=steps)
+    (w_k, _), train_losses = jax.lax.scan(body, (w, inner_state), None, length=inner_steps)
     return val_loss(jax.tree_util.tree_map(jnp.add, w_k, dw), alpha_val), train_losses[0]
 
   zeros = jax.tree_util.tree_map(jnp.zeros_like, w)
@@ -211,6 +215,20 @@ def unrolled(train_loss: LossFn, val_loss: LossFn, w: Pytree, alpha: Pytree,
                                                        has_aux=True)(alpha, alpha, zeros)
   total = jax.tree_util.tree_map(jnp.add, indirect, direct)
   return total, _aux(lv, lt, direct, total, tree_norm(v))
+
+
+def second_order(train_loss: LossFn, val_loss: LossFn, w: Pytree, alpha: Pytree,
+                 inner: optax.GradientTransformation, inner_state
+                 ) -> tuple[Pytree, HypergradientAux]:
+  """DARTS second order, eq. (6), exactly:
+
+      grad_alpha L_val(w', alpha),   w' = w - xi grad_w L_train(w, alpha)   (the real step)
+
+  differentiated through the inner optimiser's step, so the indirect term
+  ``-xi (d^2 L_train / dalpha dw) grad_w' L_val(w', alpha)`` is exact, not eq. (7)'s finite
+  difference. :func:`unrolled` with K = 1.
+  """
+  return unrolled(train_loss, val_loss, w, alpha, inner, inner_state, inner_steps=1)
 
 
 def finite_difference(train_loss: LossFn, val_loss: LossFn, w: Pytree, alpha: Pytree,
@@ -292,7 +310,7 @@ def implicit(train_loss: LossFn, val_loss: LossFn, w: Pytree, alpha: Pytree,
   (``solver='neumann'``), Hessian-vector products reverse-over-reverse. A solve that does not
   reach ``tol`` reports ``converged=False`` and its residual in aux.
   """
-  if solver not in ('cg', 'neumann'):
+  if solver not in IMPLICIT_SOLVERS:
     raise ValueError(f"solver={solver!r}: must be 'cg' or 'neumann'")
   if damping < 0:
     raise ValueError(f'damping={damping!r}: must be >= 0')
@@ -313,16 +331,74 @@ def implicit(train_loss: LossFn, val_loss: LossFn, w: Pytree, alpha: Pytree,
                      iterations, residual <= tol)
 
 
-def hypergradient(method: str, train_loss: LossFn, val_loss: LossFn, w: Pytree, alpha: Pytree,
-                  **options) -> tuple[Pytree, HypergradientAux]:
-  """Dispatches to one estimator by name: ``first_order``, ``unrolled`` (``steps=1`` is exact
-  DARTS second order), ``finite_difference`` (eq. 7) or ``implicit``; ``options`` are that
-  estimator's keyword arguments."""
-  estimators = {'first_order': first_order, 'unrolled': unrolled,
-                'finite_difference': finite_difference, 'implicit': implicit}
-  if method not in estimators:
-    raise ValueError(f'unknown hypergradient method {method!r}; allowed: {", ".join(METHODS)}')
-  return estimators[method](train_loss, val_loss, w, alpha, **options)
+class Estimator(NamedTuple):
+  """A hypergradient estimator with its settings bound, as optax binds an optimiser's:
+
+      grad_alpha, aux = estimator.estimate(train_loss, val_loss, w, alpha, inner_state, xi)
+
+  ``inner_state`` is the inner (weight) optimiser's current state and ``xi`` its current
+  learning rate; estimators that take no inner step ignore both."""
+  name: str
+  estimate: Callable[..., tuple[Pytree, HypergradientAux]]
+
+
+def _check_int(name: str, value, minimum: int = 1) -> None:
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+    raise ValueError(f'{name}={value!r}: must be an integer >= {minimum}')
+
+
+def make_estimator(name: str, inner: optax.GradientTransformation | None = None, *,
+                   unrolled_steps: int = 2, remat: bool = False, fd_r: float = 0.01,
+                   implicit_solver: str = 'cg', implicit_maxiter: int = 20,
+                   implicit_damping: float = 1.0, implicit_tol: float = 1e-10,
+                   neumann_terms: int = 20, neumann_lr: float = 0.01) -> Estimator:
+  """The one place an estimator's name and settings become a function (the search step, the
+  reference verifier and the hypergradient study all build theirs here):
+
+  - ``first_order``: grad_alpha L_val(w, alpha), xi = 0 in eq. (6);
+  - ``exact``: eq. (6) differentiated through the real step of ``inner`` (:func:`second_order`);
+  - ``finite_difference``: eq. (7), R = ``fd_r`` / ||v||;
+  - ``unrolled``: through K = ``unrolled_steps`` real steps of ``inner`` (``remat``: recompute
+    each step in the backward pass);
+  - ``implicit``: the implicit-function-theorem hypergradient, ``implicit_solver`` 'cg' or
+    'neumann'.
+
+  Settings are checked here, each bad one a one-line ValueError.
+  """
+  if name not in ESTIMATORS:
+    raise ValueError(f'estimator={name!r} is unknown; allowed: {", ".join(ESTIMATORS)}')
+  _check_int('unrolled_steps', unrolled_steps)
+  _check_int('implicit_maxiter', implicit_maxiter)
+  _check_int('neumann_terms', neumann_terms)
+  for key, value in (('fd_r', fd_r), ('neumann_lr', neumann_lr)):
+    # a traced value (an r sweep compiled once) is checked by its caller
+    if (concrete := _concrete(value)) is not None and not concrete > 0:
+      raise ValueError(f'{key}={value!r}: must be > 0')
+  if not implicit_damping >= 0:
+    raise ValueError(f'implicit_damping={implicit_damping!r}: must be >= 0')
+  if implicit_solver not in IMPLICIT_SOLVERS:
+    raise ValueError(f"implicit_solver={implicit_solver!r}: must be 'cg' or 'neumann'")
+  if name in ('exact', 'finite_difference', 'unrolled') and inner is None:
+    raise ValueError(f'estimator={name!r} steps the inner optimiser: give inner=')
+
+  def estimate(train_loss, val_loss, w, alpha, inner_state=None, xi=None):
+    if name == 'first_order':
+      return first_order(train_loss, val_loss, w, alpha)
+    if name == 'exact':
+      return second_order(train_loss, val_loss, w, alpha, inner, inner_state)
+    if name == 'unrolled':
+      return unrolled(train_loss, val_loss, w, alpha, inner, inner_state,
+                      inner_steps=unrolled_steps, remat=remat)
+    if name == 'finite_difference':
+      if xi is None:
+        raise ValueError("estimator='finite_difference' scales eq. (7)'s second-order term by "
+                         'xi, the inner learning rate: give xi=')
+      return finite_difference(train_loss, val_loss, w, alpha, inner, inner_state, xi=xi, r=fd_r)
+    return implicit(train_loss, val_loss, w, alpha, solver=implicit_solver,
+                    maxiter=implicit_maxiter, tol=implicit_tol, neumann_terms=neumann_terms,
+                    neumann_lr=neumann_lr, damping=implicit_damping)
+
+  return Estimator(name, estimate)
 
 
 def bind_loss(loss: Callable, batch_stats: Pytree, batch) -> LossFn:

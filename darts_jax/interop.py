@@ -68,10 +68,10 @@ def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
   return out
 
 
-def _slots(path: tuple[str, ...], children: Mapping[tuple[str, ...], set], steps: int,
+def _slots(path: tuple[str, ...], children: Mapping[tuple[str, ...], set], nodes: int,
            primitives: Sequence[str]) -> list[str]:
   """The original names of the leaf at ``path``, one per stacked edge slot."""
-  groups = {g.name: g.edges for g in edge_groups(steps)}
+  groups = {g.name: g.edges for g in edge_groups(nodes)}
   head, rest = path[0], list(path[1:])
   if head.startswith('cell'):
     prefixes = ['cells.' + head[4:]]
@@ -143,7 +143,7 @@ def _to_original(v: np.ndarray, parent: str) -> np.ndarray:
   return v
 
 
-def _leaf_names(shapes: Mapping[str, Any], steps: int, primitives: Sequence[str]
+def _leaf_names(shapes: Mapping[str, Any], nodes: int, primitives: Sequence[str]
                 ) -> Iterator[tuple[str, tuple, list[str]]]:
   flats = {col: _flatten(tree) for col, tree in shapes.items()}
   children: dict[tuple[str, ...], set] = {}
@@ -154,12 +154,12 @@ def _leaf_names(shapes: Mapping[str, Any], steps: int, primitives: Sequence[str]
   for col, flat in flats.items():
     for path in flat:
       try:
-        yield col, path, _slots(path, children, steps, primitives)
+        yield col, path, _slots(path, children, nodes, primitives)
       except KeyError:
         raise ValueError(f'{"/".join(path)} has no counterpart in the original code') from None
 
 
-def from_original(named: Mapping[str, np.ndarray], shapes: Mapping[str, Any], steps: int = 4,
+def from_original(named: Mapping[str, np.ndarray], shapes: Mapping[str, Any], nodes: int = 4,
                   require: tuple[str, ...] = ('params', 'batch_stats'),
                   primitives: Sequence[str] = PRIMITIVES) -> dict[str, Any]:
   """Our variables from the original's ``{name: array}``.
@@ -168,7 +168,7 @@ def from_original(named: Mapping[str, np.ndarray], shapes: Mapping[str, Any], st
     named: the original's ``state_dict()``/``named_parameters()`` names -> numpy arrays.
     shapes: our variable tree(s) as ``{'params': ..., 'batch_stats': ...}`` of arrays or shape
       structs (e.g. from :func:`darts_jax.supernet.supernet_shapes` or ``jax.eval_shape``).
-    steps: intermediate nodes per cell (edge numbering of the search network).
+    nodes: intermediate nodes per cell (edge numbering of the search network).
     primitives: the search network's op list (the original numbers ops by their position).
     require: collections that ``named`` must fill completely; others keep their defaults
       (BN running statistics start at 0 / 1 when the file holds parameters only).
@@ -178,7 +178,7 @@ def from_original(named: Mapping[str, np.ndarray], shapes: Mapping[str, Any], st
   """
   named = {k: np.asarray(v) for k, v in named.items() if not _IGNORED.match(k)}
   used, missing, out = set(), [], {}
-  for col, path, names in _leaf_names(shapes, steps, primitives):
+  for col, path, names in _leaf_names(shapes, nodes, primitives):
     shape_struct = _flatten(shapes[col])[path]
     leaf = np.zeros(shape_struct.shape, np.dtype(shape_struct.dtype))
     if col == 'batch_stats' and path[-1] == 'var':
@@ -203,11 +203,11 @@ def from_original(named: Mapping[str, np.ndarray], shapes: Mapping[str, Any], st
   return {col: _unflatten(flat) for col, flat in out.items()}
 
 
-def to_original(variables: Mapping[str, Any], steps: int = 4,
+def to_original(variables: Mapping[str, Any], nodes: int = 4,
                 primitives: Sequence[str] = PRIMITIVES) -> dict[str, np.ndarray]:
   """The inverse of :func:`from_original`: ``{original name: array}`` in the original layouts."""
   out = {}
-  for col, path, names in _leaf_names(variables, steps, primitives):
+  for col, path, names in _leaf_names(variables, nodes, primitives):
     leaf = np.asarray(jax.device_get(_flatten(variables[col])[path]))
     for slot, name in enumerate(names):
       out[name] = _to_original(_slot_view(leaf, slot, len(names), path[-2]), path[-2])

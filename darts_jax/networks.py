@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from darts_jax import ops as ops_lib
 from darts_jax.genotypes import Genotype, parse_genotype
-from darts_jax.supernet import check_image_size
+from darts_jax.ops import kernels, modules, registry
+from darts_jax.supernet import check_image_size, reduction_layers
 
 
 def _uses_drop_path(train: bool, drop_path_prob) -> bool:
@@ -40,17 +40,17 @@ class EvalCell(nn.Module):
   c: int
   reduction: bool
   reduction_prev: bool
-  ops: ops_lib.OpRegistry = ops_lib.OPS
+  ops: registry.OpRegistry = registry.OPS
   impl: str = 'auto'
 
   @nn.compact
   def __call__(self, s0, s1, train: bool, drop_path_prob=0.0):
     c = self.c
     if self.reduction_prev:
-      s0 = ops_lib.FactorizedReduce(self.c_prev_prev, c, True, name='preprocess0')(s0, train)
+      s0 = modules.FactorizedReduce(self.c_prev_prev, c, True, name='preprocess0')(s0, train)
     else:
-      s0 = ops_lib.ReLUConvBN(self.c_prev_prev, c, True, name='preprocess0')(s0, train)
-    s1 = ops_lib.ReLUConvBN(self.c_prev, c, True, name='preprocess1')(s1, train)
+      s0 = modules.ReLUConvBN(self.c_prev_prev, c, True, name='preprocess0')(s0, train)
+    s1 = modules.ReLUConvBN(self.c_prev, c, True, name='preprocess1')(s1, train)
     pairs = self.genotype.reduce if self.reduction else self.genotype.normal
     concat = self.genotype.reduce_concat if self.reduction else self.genotype.normal_concat
     states = [s0, s1]
@@ -59,14 +59,14 @@ class EvalCell(nn.Module):
       for n in (2 * node, 2 * node + 1):
         name, j = pairs[n]
         stride = 2 if self.reduction and j < 2 else 1
-        op = ops_lib.make_op(name, c, stride, True, impl=self.impl, ops=self.ops,
-                             module_name=f'op{n}')
+        op = registry.make_op(name, c, stride, True, impl=self.impl, ops=self.ops,
+                              module_name=f'op{n}')
         h = op(states[j], train)
-        if _uses_drop_path(train, drop_path_prob) and not isinstance(op, ops_lib.Identity):
+        if _uses_drop_path(train, drop_path_prob) and not isinstance(op, modules.Identity):
           if not self.has_rng('drop_path'):
             raise ValueError("drop path in training needs a PRNG key: pass rngs={'drop_path': "
                              'key} to apply, or drop_path_prob=0')
-          h = ops_lib.drop_path(h, drop_path_prob, self.make_rng('drop_path'))
+          h = kernels.drop_path(h, drop_path_prob, self.make_rng('drop_path'))
         total = h if total is None else total + h
       states.append(total)
     return jnp.concatenate([states[i] for i in concat], axis=-1)
@@ -87,14 +87,14 @@ class AuxiliaryHead(nn.Module):
       raise ValueError(f'the auxiliary head needs a map that pools to 2x2, got a {h}x{w} map: '
                        'use 32x32 inputs for NetworkCIFAR (224x224 for NetworkImageNet) or '
                        'auxiliary=False')
-    x = ops_lib.avg_pool(nn.relu(x), 5, self.pool_stride, 0)
-    x = ops_lib.Conv(self.c, 128, 1, name='conv1')(x)
-    x = nn.relu(ops_lib.BatchNorm(128, name='bn1')(x, train))
-    x = ops_lib.Conv(128, 768, 2, name='conv2')(x)
+    x = kernels.avg_pool(nn.relu(x), 5, self.pool_stride, 0)
+    x = modules.Conv(self.c, 128, 1, name='conv1')(x)
+    x = nn.relu(modules.BatchNorm(128, name='bn1')(x, train))
+    x = modules.Conv(128, 768, 2, name='conv2')(x)
     if self.final_bn:
-      x = ops_lib.BatchNorm(768, name='bn2')(x, train)
+      x = modules.BatchNorm(768, name='bn2')(x, train)
     x = nn.relu(x).reshape(x.shape[0], -1)
-    return ops_lib.Linear(768, self.num_classes, name='classifier')(x)
+    return modules.Linear(768, self.num_classes, name='classifier')(x)
 
 
 class _EvalNetwork(nn.Module):
@@ -104,10 +104,12 @@ class _EvalNetwork(nn.Module):
             aux_head):
     genotype = parse_genotype(self.genotype)
     genotype.validate_ops(list(self.ops))
-    layers = self.layers
+    reductions = reduction_layers(self.layers)
+    # the auxiliary head reads the output of the last reduction cell (at 2/3 of the depth)
+    aux_after = reductions[-1]
     logits_aux = None
-    for i in range(layers):
-      reduction = i in (layers // 3, 2 * layers // 3)
+    for i in range(self.layers):
+      reduction = i in reductions
       if reduction:
         c *= 2
       cell = EvalCell(genotype, c_prev_prev, c_prev, c, reduction, reduction_prev, self.ops,
@@ -116,7 +118,7 @@ class _EvalNetwork(nn.Module):
       reduction_prev = reduction
       concat = genotype.reduce_concat if reduction else genotype.normal_concat
       c_prev_prev, c_prev = c_prev, len(concat) * c
-      if i == 2 * layers // 3 and self.auxiliary and (train or self.is_initializing()):
+      if i == aux_after and self.auxiliary and (train or self.is_initializing()):
         # built at init in either mode, so that a later training apply finds its weights
         out = aux_head(c_prev)(s1, train)
         if train:
@@ -136,21 +138,21 @@ class NetworkCIFAR(_EvalNetwork):
   genotype: Genotype | str
   stem_multiplier: int = 3
   in_channels: int = 3
-  ops: ops_lib.OpRegistry = ops_lib.OPS
+  ops: registry.OpRegistry = registry.OPS
   depthwise_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, images, train: bool = False, drop_path_prob=0.0):
     _check_sizes(C=self.C, num_classes=self.num_classes, layers=self.layers)
-    check_image_size(images, len({self.layers // 3, 2 * self.layers // 3}),
-                     self.in_channels, 'NetworkCIFAR')
+    check_image_size(images, len(reduction_layers(self.layers)), self.in_channels,
+                     what='NetworkCIFAR')
     c_stem = self.stem_multiplier * self.C
-    x = ops_lib.Conv(self.in_channels, c_stem, 3, padding=1, name='stem_conv')(images)
-    s = ops_lib.BatchNorm(c_stem, name='stem_bn')(x, train)
+    x = modules.Conv(self.in_channels, c_stem, 3, padding=1, name='stem_conv')(images)
+    s = modules.BatchNorm(c_stem, name='stem_bn')(x, train)
     head = lambda c_aux: AuxiliaryHead(c_aux, self.num_classes, 3, True, name='aux')
     s1, c_prev, logits_aux = self.cells(s, s, c_stem, c_stem, self.C, False, train,
                                         drop_path_prob, head)
-    logits = ops_lib.Linear(c_prev, self.num_classes, name='classifier')(jnp.mean(s1, (1, 2)))
+    logits = modules.Linear(c_prev, self.num_classes, name='classifier')(jnp.mean(s1, (1, 2)))
     return logits, logits_aux
 
 
@@ -161,27 +163,27 @@ class NetworkImageNet(_EvalNetwork):
   auxiliary: bool
   genotype: Genotype | str
   in_channels: int = 3
-  ops: ops_lib.OpRegistry = ops_lib.OPS
+  ops: registry.OpRegistry = registry.OPS
   depthwise_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, images, train: bool = False, drop_path_prob=0.0):
     _check_sizes(C=self.C, num_classes=self.num_classes, layers=self.layers)
     # three stride-2 stem convolutions, then the cells' reductions
-    check_image_size(images, 3 + len({self.layers // 3, 2 * self.layers // 3}),
-                     self.in_channels, 'NetworkImageNet')
+    check_image_size(images, 3 + len(reduction_layers(self.layers)), self.in_channels,
+                     what='NetworkImageNet')
     c = self.C
     if c % 2:
       raise ValueError(f'NetworkImageNet needs an even C (its stem halves it and its first cell '
                        f'reduces with FactorizedReduce), got C={c}')
-    x = ops_lib.Conv(self.in_channels, c // 2, 3, 2, 1, name='stem0_conv1')(images)
-    x = nn.relu(ops_lib.BatchNorm(c // 2, name='stem0_bn1')(x, train))
-    x = ops_lib.Conv(c // 2, c, 3, 2, 1, name='stem0_conv2')(x)
-    s0 = ops_lib.BatchNorm(c, name='stem0_bn2')(x, train)
-    x = ops_lib.Conv(c, c, 3, 2, 1, name='stem1_conv')(nn.relu(s0))
-    s1 = ops_lib.BatchNorm(c, name='stem1_bn')(x, train)
+    x = modules.Conv(self.in_channels, c // 2, 3, 2, 1, name='stem0_conv1')(images)
+    x = nn.relu(modules.BatchNorm(c // 2, name='stem0_bn1')(x, train))
+    x = modules.Conv(c // 2, c, 3, 2, 1, name='stem0_conv2')(x)
+    s0 = modules.BatchNorm(c, name='stem0_bn2')(x, train)
+    x = modules.Conv(c, c, 3, 2, 1, name='stem1_conv')(nn.relu(s0))
+    s1 = modules.BatchNorm(c, name='stem1_bn')(x, train)
     head = lambda c_aux: AuxiliaryHead(c_aux, self.num_classes, 2, False, name='aux')
     s1, c_prev, logits_aux = self.cells(s0, s1, c, c, c, True, train, drop_path_prob, head)
     # equals the original's AvgPool2d(7) at 224x224 inputs
-    logits = ops_lib.Linear(c_prev, self.num_classes, name='classifier')(jnp.mean(s1, (1, 2)))
+    logits = modules.Linear(c_prev, self.num_classes, name='classifier')(jnp.mean(s1, (1, 2)))
     return logits, logits_aux

@@ -26,15 +26,10 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from darts_jax import hypergradient as hg
-from darts_jax.parallel import check_batch_divisible, make_mesh  # noqa: F401  (re-exported)
+from darts_jax.optim import clip_by_global_norm_torch, cosine_per_epoch, epoch_sums, keep_if_finite
 
 Pytree = Any
 Batch = tuple[jax.Array, jax.Array]  # (images NHWC, integer labels)
-
-# estimator name -> the hypergradient method behind it
-ESTIMATORS = {'first_order': 'first_order', 'exact': 'unrolled',
-              'finite_difference': 'finite_difference', 'unrolled': 'unrolled',
-              'implicit': 'implicit'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +49,7 @@ class SearchHParams:
   alpha_b2: float = 0.999
   alpha_eps: float = 1e-8
   alpha_weight_decay: float = 1e-3
-  estimator: str = 'exact'  # see ESTIMATORS
+  estimator: str = 'exact'  # see hypergradient.make_estimator
   unrolled_steps: int = 2  # K for estimator='unrolled' ('exact' is K = 1)
   remat: bool = False  # rematerialise each unrolled step in the backward pass
   fd_r: float = 0.01  # eq. (7)'s R = fd_r / ||v||
@@ -65,24 +60,19 @@ class SearchHParams:
   neumann_lr: float = 0.01
 
   def __post_init__(self):
-    if self.estimator not in ESTIMATORS:
-      raise ValueError(f'estimator={self.estimator!r} is unknown; allowed: '
-                       f'{", ".join(ESTIMATORS)}')
-    for name in ('epochs', 'steps_per_epoch', 'unrolled_steps', 'implicit_maxiter',
-                 'neumann_terms'):
+    for name in ('epochs', 'steps_per_epoch'):
       value = getattr(self, name)
       if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
         raise ValueError(f'{name}={value!r}: must be an integer >= 1')
-    for name in ('w_lr', 'alpha_lr', 'fd_r', 'neumann_lr'):
+    for name in ('w_lr', 'alpha_lr'):
       if not getattr(self, name) > 0:
         raise ValueError(f'{name}={getattr(self, name)!r}: must be > 0')
-    for name in ('w_lr_min', 'w_weight_decay', 'alpha_weight_decay', 'implicit_damping'):
+    for name in ('w_lr_min', 'w_weight_decay', 'alpha_weight_decay'):
       if not getattr(self, name) >= 0:
         raise ValueError(f'{name}={getattr(self, name)!r}: must be >= 0')
     if not self.grad_clip > 0:
       raise ValueError(f'grad_clip={self.grad_clip!r}: must be > 0')
-    if self.implicit_solver not in ('cg', 'neumann'):
-      raise ValueError(f"implicit_solver={self.implicit_solver!r}: must be 'cg' or 'neumann'")
+    hypergradient_estimator(self)  # the estimator's name and settings, checked once
 
 
 class SearchMetrics(NamedTuple):
@@ -112,34 +102,6 @@ class SearchState(NamedTuple):
 # ----------------------------------------------------------------------------------------------
 
 
-def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
-  """PyTorch's ``clip_grad_norm_``: scale by ``max_norm / (norm + 1e-6)`` when that is < 1.
-
-  optax's ``clip_by_global_norm`` divides by the norm itself; the original's epsilon is kept so
-  that one step matches the original to float64 round-off.
-  """
-
-  def update(updates, state, params=None):
-    del params
-    coef = max_norm / (hg.tree_norm(updates) + 1e-6)
-    scale = jnp.minimum(coef, 1.0)
-    return jax.tree_util.tree_map(lambda g: (g * scale).astype(g.dtype), updates), state
-
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
-
-
-def cosine_per_epoch(lr: float, lr_min: float, epochs: int,
-                     steps_per_epoch: int) -> optax.Schedule:
-  """Cosine annealing per epoch (constant within an epoch, as the original steps its
-  ``CosineAnnealingLR`` once per epoch): lr(e) = min + (lr0 - min) (1 + cos(pi e / E)) / 2."""
-
-  def schedule(count):
-    epoch = count // steps_per_epoch
-    return lr_min + (lr - lr_min) * 0.5 * (1 + jnp.cos(jnp.pi * epoch / epochs))
-
-  return schedule
-
-
 def weight_lr_schedule(hp: SearchHParams) -> optax.Schedule:
   return cosine_per_epoch(hp.w_lr, hp.w_lr_min, hp.epochs, hp.steps_per_epoch)
 
@@ -158,6 +120,18 @@ def weight_optimizer(hp: SearchHParams) -> optax.GradientTransformation:
 def alpha_optimizer(hp: SearchHParams) -> optax.GradientTransformation:
   return optax.chain(optax.add_decayed_weights(hp.alpha_weight_decay),
                      optax.adam(hp.alpha_lr, b1=hp.alpha_b1, b2=hp.alpha_b2, eps=hp.alpha_eps))
+
+
+# SearchHParams fields that configure the estimator (hypergradient.make_estimator's keywords)
+ESTIMATOR_OPTIONS = ('unrolled_steps', 'remat', 'fd_r', 'implicit_solver', 'implicit_maxiter',
+                     'implicit_damping', 'neumann_terms', 'neumann_lr')
+
+
+def hypergradient_estimator(hp: SearchHParams) -> hg.Estimator:
+  """The configured hypergradient estimator; its inner step is the weight optimiser minus the
+  clipping (eq. 6's virtual step is the real optimiser's)."""
+  return hg.make_estimator(hp.estimator, weight_inner_optimizer(hp),
+                           **{k: getattr(hp, k) for k in ESTIMATOR_OPTIONS})
 
 
 def _zero_metrics(dtype) -> SearchMetrics:
@@ -189,26 +163,12 @@ def current_weight_lr(hp: SearchHParams, step) -> jax.Array:
 
 def alpha_gradient(hp: SearchHParams, loss: Callable, state: SearchState, train: Batch,
                    val: Batch) -> tuple[Pytree, hg.HypergradientAux]:
-  """The architecture gradient by the configured estimator at the current state."""
-  train_loss = hg.bind_loss(loss, state.batch_stats, train)
-  val_loss = hg.bind_loss(loss, state.batch_stats, val)
-  # the virtual step is the real optimiser minus its clipping, from its current state
-  inner, inner_state = weight_inner_optimizer(hp), state.w_opt_state[1]
-  method = ESTIMATORS[hp.estimator]
-  options: dict[str, Any] = {}
-  if hp.estimator == 'exact':
-    options = dict(inner=inner, inner_state=inner_state, steps=1)
-  elif hp.estimator == 'unrolled':
-    options = dict(inner=inner, inner_state=inner_state, steps=hp.unrolled_steps,
-                   remat=hp.remat)
-  elif hp.estimator == 'finite_difference':
-    options = dict(inner=inner, inner_state=inner_state, r=hp.fd_r,
-                   xi=current_weight_lr(hp, state.step))
-  elif hp.estimator == 'implicit':
-    options = dict(solver=hp.implicit_solver, maxiter=hp.implicit_maxiter,
-                   damping=hp.implicit_damping, neumann_terms=hp.neumann_terms,
-                   neumann_lr=hp.neumann_lr)
-  return hg.hypergradient(method, train_loss, val_loss, state.weights, state.alphas, **options)
+  """The architecture gradient by the configured estimator at the current state: the virtual
+  step starts from the weight optimiser's current state (momentum buffer, step count), so xi is
+  the current learning rate."""
+  return hypergradient_estimator(hp).estimate(
+      hg.bind_loss(loss, state.batch_stats, train), hg.bind_loss(loss, state.batch_stats, val),
+      state.weights, state.alphas, state.w_opt_state[1], current_weight_lr(hp, state.step))
 
 
 def weight_step(hp: SearchHParams, loss: Callable, weights: Pytree, alphas: Pytree,
@@ -219,27 +179,6 @@ def weight_step(hp: SearchHParams, loss: Callable, weights: Pytree, alphas: Pytr
       weights, alphas, batch_stats, train)
   w_updates, w_opt_state = weight_optimizer(hp).update(g_w, w_opt_state, weights)
   return optax.apply_updates(weights, w_updates), w_opt_state, train_loss, loss_aux, g_w
-
-
-def all_finite(*trees) -> jax.Array:
-  # a norm is finite iff every entry is (NaN and inf propagate): one reduction per tree
-  return jnp.all(jnp.stack([jnp.isfinite(hg.tree_norm(t)) for t in trees]))
-
-
-def epoch_sums(metrics, step, steps_per_epoch: int):
-  """The running sums ``metrics``, zeroed at each epoch's first step."""
-  first_of_epoch = step % steps_per_epoch == 0
-  return jax.tree_util.tree_map(lambda m: jnp.where(first_of_epoch, jnp.zeros_like(m), m),
-                                metrics)
-
-
-def keep_if_finite(new, old, *checked):
-  """``new``, or ``old`` unchanged when a tree of ``checked`` is not finite or an earlier step
-  was not; ``nonfinite_step`` records the first such step, so every later step is a no-op."""
-  ok = (old.nonfinite_step < 0) & all_finite(*checked)
-  kept = jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)
-  nonfinite = jnp.where((old.nonfinite_step < 0) & ~ok, old.step, old.nonfinite_step)
-  return kept._replace(nonfinite_step=nonfinite)
 
 
 def search_step(hp: SearchHParams, loss: Callable, state: SearchState, train: Batch, val: Batch,

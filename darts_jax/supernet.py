@@ -1,8 +1,9 @@
 """The DARTS search network (supernet) and its pure loss function.
 
-Three pytrees stay apart: ``weights`` (Linen ``params``), ``alphas`` (``{'normal': (E, K),
-'reduce': (E, K)}``, an argument of the forward, never a Flax variable) and ``batch_stats``
-(BatchNorm running statistics). Everything downstream, the hypergradient code included, uses
+Three pytrees stay apart: ``weights`` (the network weights, Linen ``params``), ``alphas``
+(``{'normal': (E, K), 'reduce': (E, K)}``, an argument of the forward, never a Flax variable) and
+``batch_stats`` (BatchNorm running statistics). The mixing weights ``softmax(alpha)`` of eq. 2 are
+called ``mixing``, never weights. Everything downstream, the hypergradient code included, uses
 only :func:`make_loss`'s contract ``loss(weights, alphas, batch_stats, batch) -> (loss, aux)``.
 
 Graph size is designed in: a cell's 14 edges are grouped by the node they leave, and each group
@@ -20,10 +21,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from darts_jax import ops as ops_lib
+from darts_jax import losses
 from darts_jax.genotypes import PRIMITIVES, num_edges
+from darts_jax.ops import init, kernels, modules, registry
+
+
+def reduction_layers(layers: int) -> tuple[int, ...]:
+  """The cells that reduce, in a stack of ``layers``: at 1/3 and 2/3 of the depth (the original's
+  rule; one cell when the two coincide)."""
+  return tuple(sorted({layers // 3, 2 * layers // 3}))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,40 +39,44 @@ class SupernetConfig:
   C: int = 16
   num_classes: int = 10
   layers: int = 8
-  steps: int = 4
+  nodes: int = 4  # intermediate nodes per cell
   multiplier: int = 4
   stem_multiplier: int = 3
   in_channels: int = 3
   primitives: tuple[str, ...] = PRIMITIVES
-  ops: ops_lib.OpRegistry = ops_lib.OPS
+  ops: registry.OpRegistry = registry.OPS
   depthwise_impl: str = 'auto'
 
   def __post_init__(self):
     object.__setattr__(self, 'primitives', tuple(self.primitives))
-    for name in ('C', 'num_classes', 'layers', 'steps', 'multiplier', 'stem_multiplier',
+    for name in ('C', 'num_classes', 'layers', 'nodes', 'multiplier', 'stem_multiplier',
                  'in_channels'):
       value = getattr(self, name)
       if not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f'SupernetConfig.{name}={value!r}: must be a positive integer')
-    if self.multiplier > self.steps:
-      raise ValueError(f'SupernetConfig.multiplier={self.multiplier} exceeds steps={self.steps}: '
+    if self.multiplier > self.nodes:
+      raise ValueError(f'SupernetConfig.multiplier={self.multiplier} exceeds nodes={self.nodes}: '
                        'the cell output concatenates the last `multiplier` intermediate nodes')
     if not self.primitives:
       raise ValueError('SupernetConfig.primitives is empty: give at least one op name')
     if len(set(self.primitives)) != len(self.primitives):
       raise ValueError(f'SupernetConfig.primitives has duplicates: {self.primitives}')
-    if not isinstance(self.ops, ops_lib.OpRegistry):
-      object.__setattr__(self, 'ops', ops_lib.OpRegistry(self.ops))
-    ops_lib.check_op_names(self.primitives, self.ops)
-    ops_lib._resolve_depthwise_impl(self.depthwise_impl)
+    if not isinstance(self.ops, registry.OpRegistry):
+      object.__setattr__(self, 'ops', registry.OpRegistry(self.ops))
+    registry.check_op_names(self.primitives, self.ops)
+    # the name only: resolving 'auto' asks for the backend, which a multi-host run must not
+    # start before jax.distributed joins the processes (configs build this class early)
+    if self.depthwise_impl not in kernels.DEPTHWISE_IMPLS:
+      raise ValueError(f'depthwise_impl={self.depthwise_impl!r} is not one of '
+                       f'{kernels.DEPTHWISE_IMPLS}')
 
   @property
   def alpha_shape(self) -> tuple[int, int]:
-    return (num_edges(self.steps), len(self.primitives))
+    return (num_edges(self.nodes), len(self.primitives))
 
   @property
   def reduction_layers(self) -> tuple[int, ...]:
-    return tuple(sorted({self.layers // 3, 2 * self.layers // 3}))
+    return reduction_layers(self.layers)
 
 
 class EdgeGroup(NamedTuple):
@@ -74,19 +85,19 @@ class EdgeGroup(NamedTuple):
   edges: tuple[tuple[int, int, int], ...]
 
 
-def edge_groups(steps: int) -> tuple[EdgeGroup, ...]:
+def edge_groups(nodes: int) -> tuple[EdgeGroup, ...]:
   """Edges grouped by source, in the order their sources become available.
 
   Edge ``offset(i) + j`` (the original's numbering) runs from state ``j`` to node ``i``.
   The two cell inputs form one group; then each intermediate node's outgoing edges.
   """
-  offsets = np.cumsum([0] + [i + 2 for i in range(steps)])
+  offsets = np.cumsum([0] + [i + 2 for i in range(nodes)])
 
   def edges_from(sources):
-    return tuple((int(offsets[i] + j), i, j) for i in range(steps) for j in sources if j < i + 2)
+    return tuple((int(offsets[i] + j), i, j) for i in range(nodes) for j in sources if j < i + 2)
 
   groups = [EdgeGroup('edges_01', edges_from((0, 1)))]
-  groups += [EdgeGroup(f'edges_{j}', edges_from((j,))) for j in range(2, steps + 1)]
+  groups += [EdgeGroup(f'edges_{j}', edges_from((j,))) for j in range(2, nodes + 1)]
   return tuple(groups)
 
 
@@ -96,23 +107,25 @@ class MixedEdges(nn.Module):
   n_edges: int
   stride: int
   primitives: tuple[str, ...]
-  ops: ops_lib.OpRegistry
+  ops: registry.OpRegistry
   impl: str
 
   @nn.compact
-  def __call__(self, x, weights, train: bool):
-    """x: (B, H, W, n_edges*C); weights: (n_edges, K) softmaxed. Returns (B, H', W', n_edges, C)."""
+  def __call__(self, x, mixing, train: bool):
+    """x: (B, H, W, n_edges*C); mixing: (n_edges, K), softmax(alpha) of these edges.
+    Returns (B, H', W', n_edges, C)."""
     out = None
     for k, name in enumerate(self.primitives):
-      op = ops_lib.make_op(name, self.c, self.stride, affine=False, n_edges=self.n_edges,
-                           search=True, impl=self.impl, ops=self.ops, module_name=name)
-      if isinstance(op, ops_lib.Zero):
-        continue  # w * 0 adds nothing to the value or to any gradient
+      op = registry.make_op(name, self.c, self.stride, affine=False, n_edges=self.n_edges,
+                            search=True, impl=self.impl, ops=self.ops, module_name=name)
+      if isinstance(op, modules.Zero):
+        continue  # m * 0 adds nothing to the value or to any gradient
       y = op(x, train)
       b, h, w, _ = y.shape
-      # in the mixing weights' precision: under bf16 compute, softmax weights that differ by
+      # in the mixing weights' precision: under bf16 compute, mixing weights that differ by
       # 1e-3 would round to one value, and d loss / d alpha would sum bf16 products
-      term = y.reshape(b, h, w, self.n_edges, self.c).astype(weights.dtype) * weights[:, k, None]
+      term = (y.reshape(b, h, w, self.n_edges, self.c).astype(mixing.dtype)
+              * mixing[None, None, None, :, k, None])
       out = term if out is None else out + term
     if out is None:  # a space of only 'none' ops
       b, h, w, _ = x[:, ::self.stride, ::self.stride].shape
@@ -129,24 +142,26 @@ class SearchCell(nn.Module):
   config: SupernetConfig
 
   @nn.compact
-  def __call__(self, s0, s1, weights, train: bool):
+  def __call__(self, s0, s1, mixing, train: bool):
+    """s0, s1: the outputs of the two previous cells; mixing: (E, K), softmax(alpha) of this
+    cell type. Returns the last ``multiplier`` nodes concatenated on channels."""
     cfg, c = self.config, self.c
     if self.reduction_prev:
-      s0 = ops_lib.FactorizedReduce(self.c_prev_prev, c, False, name='preprocess0')(s0, train)
+      s0 = modules.FactorizedReduce(self.c_prev_prev, c, False, name='preprocess0')(s0, train)
     else:
-      s0 = ops_lib.ReLUConvBN(self.c_prev_prev, c, False, name='preprocess0')(s0, train)
-    s1 = ops_lib.ReLUConvBN(self.c_prev, c, False, name='preprocess1')(s1, train)
+      s0 = modules.ReLUConvBN(self.c_prev_prev, c, False, name='preprocess0')(s0, train)
+    s1 = modules.ReLUConvBN(self.c_prev, c, False, name='preprocess1')(s1, train)
     states = [s0, s1]
-    nodes = [None] * cfg.steps  # running sums of each node's incoming edges
-    for group in edge_groups(cfg.steps):
+    sums = [None] * cfg.nodes  # running sums of each node's incoming edges
+    for group in edge_groups(cfg.nodes):
       x = jnp.concatenate([states[src] for _, _, src in group.edges], axis=-1)
       stride = 2 if self.reduction and group.name == 'edges_01' else 1
       idx = np.array([e for e, _, _ in group.edges])
       y = MixedEdges(c, len(group.edges), stride, cfg.primitives, cfg.ops, cfg.depthwise_impl,
-                     name=group.name)(x, weights[idx], train)
+                     name=group.name)(x, mixing[idx], train)
       for slot, (_, node, _) in enumerate(group.edges):
-        nodes[node] = y[..., slot, :] if nodes[node] is None else nodes[node] + y[..., slot, :]
-      states.append(nodes[len(states) - 2])  # that node has now received all its edges
+        sums[node] = y[..., slot, :] if sums[node] is None else sums[node] + y[..., slot, :]
+      states.append(sums[len(states) - 2])  # that node has now received all its edges
     return jnp.concatenate(states[-cfg.multiplier:], axis=-1)
 
 
@@ -159,12 +174,16 @@ def check_alphas(alphas: Any, config: SupernetConfig) -> None:
     shape = tuple(np.shape(alphas[kind]))
     if shape != config.alpha_shape:
       raise ValueError(f'alphas[{kind!r}] has shape {shape}; expected {config.alpha_shape} '
-                       f'({config.steps} steps, ops {", ".join(config.primitives)})')
+                       f'({config.nodes} nodes, ops {", ".join(config.primitives)})')
 
 
-def check_image_size(shape: 'Sequence[int] | jax.Array', n_reductions: int, in_channels: int,
+def check_image_size(shape: 'Sequence[int] | jax.Array', n_reductions: int, in_channels: int, *,
                      what: str = 'network') -> None:
-  """Each reduction halves H and W with a FactorizedReduce, which needs even sizes."""
+  """Each reduction halves H and W with a FactorizedReduce, which needs even sizes.
+
+  ``shape`` is an NHWC shape or an array (whose dtype is checked too); ``what`` names the
+  network in the messages (keyword-only: a positional dtype once landed there).
+  """
   shape, dtype = getattr(shape, 'shape', shape), getattr(shape, 'dtype', None)
   if len(shape) != 4:
     raise ValueError(f'images must be (batch, height, width, channels); got shape {tuple(shape)}')
@@ -188,13 +207,13 @@ class SearchNetwork(nn.Module):
   def __call__(self, images, alphas, train: bool = True):
     cfg = self.config
     check_alphas(alphas, cfg)
-    check_image_size(images, len(cfg.reduction_layers), cfg.in_channels, 'search network')
+    check_image_size(images, len(cfg.reduction_layers), cfg.in_channels, what='search network')
     c_stem = cfg.stem_multiplier * cfg.C
-    x = ops_lib.Conv(cfg.in_channels, c_stem, 3, padding=1, name='stem_conv')(images)
-    s0 = s1 = ops_lib.BatchNorm(c_stem, affine=True, name='stem_bn')(x, train)
-    # softmax once per cell type per forward (eq. 2); all cells of a type share it. It and the
-    # mixing stay in the alphas' precision (float32 under bf16 compute)
-    weights = {k: jax.nn.softmax(jnp.asarray(alphas[k], jnp.promote_types(
+    x = modules.Conv(cfg.in_channels, c_stem, 3, padding=1, name='stem_conv')(images)
+    s0 = s1 = modules.BatchNorm(c_stem, affine=True, name='stem_bn')(x, train)
+    # the mixing weights softmax(alpha) of eq. 2, once per cell type per forward: all cells of a
+    # type share them. They and the mixed sums stay in the alphas' precision (float32 under bf16)
+    mixing = {k: jax.nn.softmax(jnp.asarray(alphas[k], jnp.promote_types(
         jnp.result_type(alphas[k]), images.dtype)), axis=-1) for k in alphas}
     c_prev_prev, c_prev, c = c_stem, c_stem, cfg.C
     reduction_prev = False
@@ -203,10 +222,10 @@ class SearchNetwork(nn.Module):
       if reduction:
         c *= 2
       cell = SearchCell(c_prev_prev, c_prev, c, reduction, reduction_prev, cfg, name=f'cell{i}')
-      s0, s1 = s1, cell(s0, s1, weights['reduce' if reduction else 'normal'], train)
+      s0, s1 = s1, cell(s0, s1, mixing['reduce' if reduction else 'normal'], train)
       reduction_prev = reduction
       c_prev_prev, c_prev = c_prev, cfg.multiplier * c
-    return ops_lib.Linear(c_prev, cfg.num_classes, name='classifier')(jnp.mean(s1, axis=(1, 2)))
+    return modules.Linear(c_prev, cfg.num_classes, name='classifier')(jnp.mean(s1, axis=(1, 2)))
 
 
 class SupernetVariables(NamedTuple):
@@ -235,9 +254,9 @@ def init_supernet(key: jax.Array, config: SupernetConfig, image_size=(32, 32),
   """Weights (PyTorch's default initialisation) and BN statistics (zeros / ones)."""
   if not isinstance(image_size, (tuple, list)) or len(image_size) != 2:
     raise ValueError(f'image_size={image_size!r}: give (height, width)')
-  if config.ops != ops_lib.OPS:  # user ops draw their own initial values
+  if config.ops != registry.OPS:  # user ops draw their own initial values
     return jax.jit(lambda k: _init_variables(k, config, tuple(image_size), dtype))(key)
-  values = ops_lib.torch_default_init(key, supernet_shapes(config, image_size, dtype)._asdict())
+  values = init.torch_default_init(key, supernet_shapes(config, image_size, dtype)._asdict())
   return SupernetVariables(values['weights'], values['batch_stats'])
 
 
@@ -270,31 +289,6 @@ def make_apply(config: SupernetConfig):
   return apply
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Mean softmax cross-entropy, ``torch.nn.CrossEntropyLoss()``, in at least float32."""
-  logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
-  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
-
-
-COMPUTE_DTYPES = ('bfloat16',)
-
-
-def cast_floating(tree, dtype):
-  """Every floating leaf of ``tree`` in ``dtype`` (None: unchanged). The cast is inside the
-  differentiated function, so gradients arrive in the leaves' own (master) precision."""
-  if dtype is None:
-    return tree
-  try:
-    name = jnp.dtype(dtype).name
-  except TypeError:
-    name = dtype
-  if name not in COMPUTE_DTYPES:
-    raise ValueError(f'compute_dtype={name!r}: allowed: '
-                     f'{", ".join(COMPUTE_DTYPES)} (or None: the weights\' own dtype)')
-  return jax.tree_util.tree_map(
-      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
-
-
 def make_loss(config: SupernetConfig, train: bool = True, compute_dtype=None):
   """The supernet's loss as one pure function.
 
@@ -308,7 +302,7 @@ def make_loss(config: SupernetConfig, train: bool = True, compute_dtype=None):
   BN statistics and the loss stay in their own precision (float32).
   """
   apply = make_apply(config)
-  cast_floating(None, compute_dtype)  # a bad dtype fails here, not inside a trace
+  losses.cast_floating(None, compute_dtype)  # a bad dtype fails here, not inside a trace
 
   def loss(weights, alphas, batch_stats, batch):
     images, labels = batch
@@ -316,12 +310,8 @@ def make_loss(config: SupernetConfig, train: bool = True, compute_dtype=None):
         or not jnp.issubdtype(jnp.result_type(labels), jnp.integer)):
       raise ValueError(f'labels must be integer class indices of shape ({np.shape(images)[0]},), '
                        f'got shape {np.shape(labels)} and dtype {jnp.result_type(labels)}')
-    logits, new_stats = apply(cast_floating(weights, compute_dtype), alphas, batch_stats,
-                              cast_floating(images, compute_dtype), train)
-    return cross_entropy(logits, labels), LossAux(new_stats, logits)
+    logits, new_stats = apply(losses.cast_floating(weights, compute_dtype), alphas, batch_stats,
+                              losses.cast_floating(images, compute_dtype), train)
+    return losses.cross_entropy(logits, labels), LossAux(new_stats, logits)
 
   return loss
-
-
-def num_params(tree) -> int:
-  return int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(tree)))

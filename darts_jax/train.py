@@ -20,10 +20,9 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from darts_jax import ops as ops_lib
-from darts_jax.search import (clip_by_global_norm_torch, cosine_per_epoch, epoch_sums,
-                              keep_if_finite)
-from darts_jax.supernet import cast_floating, cross_entropy
+from darts_jax.losses import cast_floating, cross_entropy
+from darts_jax.ops import init as init_lib
+from darts_jax.optim import clip_by_global_norm_torch, cosine_per_epoch, epoch_sums, keep_if_finite
 
 Pytree = Any
 Batch = tuple[jax.Array, jax.Array]
@@ -69,7 +68,7 @@ class TrainMetrics(NamedTuple):
 
 class TrainState(NamedTuple):
   step: jax.Array
-  params: Pytree
+  weights: Pytree  # the network's Linen params
   batch_stats: Pytree
   opt_state: Any
   rng: jax.Array  # base key; step t draws its randomness from fold_in(rng, t)
@@ -95,25 +94,25 @@ def init_train_state(hp: TrainHParams, model: nn.Module, rng: jax.Array, image_s
   k_init, k_run = jax.random.split(rng)
   images = jnp.zeros((2, *image_size, in_channels), dtype)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), images, True))
-  values = ops_lib.torch_default_init(k_init, dict(shapes))
-  params, stats = values['params'], values.get('batch_stats', {})
+  values = init_lib.torch_default_init(k_init, dict(shapes))
+  weights, stats = values['params'], values.get('batch_stats', {})
   # distinct zero arrays: the state is donated, and one buffer may not be donated twice
   metrics = TrainMetrics(*(jnp.zeros((), t) for t in (jnp.int32, dtype, jnp.int32, jnp.int32)))
-  return TrainState(jnp.zeros((), jnp.int32), params, stats, optimizer(hp).init(params), k_run,
+  return TrainState(jnp.zeros((), jnp.int32), weights, stats, optimizer(hp).init(weights), k_run,
                     metrics, jnp.asarray(-1, jnp.int32))
 
 
 def make_train_loss(model: nn.Module, auxiliary_weight: float, compute_dtype=None):
-  """``loss(params, batch_stats, batch, key, drop_path_prob) -> (loss, (batch_stats, logits))``.
+  """``loss(weights, batch_stats, batch, key, drop_path_prob) -> (loss, (batch_stats, logits))``.
 
   ``compute_dtype='bfloat16'``: bf16 convolutions on a bf16 copy of the (float32 master)
-  parameters and images; BN statistics and the loss stay float32 (``supernet.make_loss``)."""
+  weights and images; BN statistics and the loss stay float32 (``supernet.make_loss``)."""
   cast_floating(None, compute_dtype)
 
-  def loss(params, batch_stats, batch, key, p):
+  def loss(weights, batch_stats, batch, key, p):
     images, labels = batch
     (logits, logits_aux), updates = model.apply(
-        {'params': cast_floating(params, compute_dtype), 'batch_stats': batch_stats},
+        {'params': cast_floating(weights, compute_dtype), 'batch_stats': batch_stats},
         cast_floating(images, compute_dtype), True, p, rngs={'drop_path': key},
         mutable=['batch_stats'])
     value = cross_entropy(logits, labels)
@@ -140,9 +139,9 @@ def train_step(hp: TrainHParams, model: nn.Module, state: TrainState, batch: Bat
     batch = (preprocess(k_aug, batch[0]), batch[1])
   loss = make_train_loss(model, hp.auxiliary_weight) if loss is None else loss
   (value, (stats, logits)), grads = jax.value_and_grad(loss, has_aux=True)(
-      state.params, state.batch_stats, batch, key, drop_path_prob(hp, state.step))
-  updates, opt_state = optimizer(hp).update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+      state.weights, state.batch_stats, batch, key, drop_path_prob(hp, state.step))
+  updates, opt_state = optimizer(hp).update(grads, state.opt_state, state.weights)
+  weights = optax.apply_updates(state.weights, updates)
 
   labels = batch[1]
   previous = epoch_sums(state.metrics, state.step, hp.steps_per_epoch)
@@ -150,7 +149,7 @@ def train_step(hp: TrainHParams, model: nn.Module, state: TrainState, batch: Bat
       previous.steps + 1, previous.loss + value.astype(previous.loss.dtype),
       previous.correct + jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.int32),
       previous.examples + labels.shape[0])
-  new = TrainState(state.step + 1, params, stats, opt_state, state.rng, metrics,
+  new = TrainState(state.step + 1, weights, stats, opt_state, state.rng, metrics,
                    state.nonfinite_step)
   return keep_if_finite(new, state, value, grads), value
 
@@ -167,11 +166,11 @@ def jit_train_step(hp: TrainHParams, model: nn.Module, mesh: Mesh,
                  donate_argnums=0)
 
 
-def eval_step(model: nn.Module, params: Pytree, batch_stats: Pytree, images: jax.Array,
+def eval_step(model: nn.Module, weights: Pytree, batch_stats: Pytree, images: jax.Array,
               labels: jax.Array, mask: jax.Array, compute_dtype=None) -> dict[str, jax.Array]:
   """Sums over the ``mask``ed examples of a test batch, evaluation-mode BN, main head only:
   ``{'loss', 'top1', 'top5', 'examples'}``. ``mask`` pads a short last batch to full shape."""
-  logits, _ = model.apply({'params': cast_floating(params, compute_dtype),
+  logits, _ = model.apply({'params': cast_floating(weights, compute_dtype),
                            'batch_stats': batch_stats}, cast_floating(images, compute_dtype),
                           False)
   logits = logits.astype(jnp.float32)
@@ -185,16 +184,16 @@ def eval_step(model: nn.Module, params: Pytree, batch_stats: Pytree, images: jax
 
 
 def jit_eval_step(model: nn.Module, mesh: Mesh, preprocess: Callable | None = None,
-                  compute_dtype=None, params_sharding: Any = None):
-  """``eval_step`` jitted for ``mesh``: ``(params, batch_stats, images, labels, mask) -> sums``.
+                  compute_dtype=None, weights_sharding: Any = None):
+  """``eval_step`` jitted for ``mesh``: ``(weights, batch_stats, images, labels, mask) -> sums``.
   ``preprocess(images)`` normalises a raw batch inside the step."""
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  params_sharding = replicated if params_sharding is None else params_sharding
+  weights_sharding = replicated if weights_sharding is None else weights_sharding
 
-  def step(params, batch_stats, images, labels, mask):
+  def step(weights, batch_stats, images, labels, mask):
     images = images if preprocess is None else preprocess(images)
-    return eval_step(model, params, batch_stats, images, labels, mask, compute_dtype)
+    return eval_step(model, weights, batch_stats, images, labels, mask, compute_dtype)
 
-  return jax.jit(step, in_shardings=(params_sharding, replicated, data, data, data),
+  return jax.jit(step, in_shardings=(weights_sharding, replicated, data, data, data),
                  out_shardings=replicated)
 

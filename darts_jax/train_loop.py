@@ -10,7 +10,6 @@ checkpoint continues bit for bit as it would have without the interruption. ``ev
 from __future__ import annotations
 
 import os
-import time
 from typing import Callable, Mapping, NamedTuple
 
 import jax
@@ -20,20 +19,23 @@ import numpy as np
 from darts_jax import checkpoint as ckpt_lib
 from darts_jax import data as data_lib
 from darts_jax import parallel
-from darts_jax import runs
+from darts_jax import run_config
+from darts_jax import run_loop
 from darts_jax import train as train_lib
 from darts_jax.genotypes import Genotype, load_genotype
-from darts_jax.metrics_log import MetricWriter
 from darts_jax.networks import NetworkCIFAR
-from darts_jax.ops import OPS
-from darts_jax.runs import NonFiniteError  # noqa: F401  (re-exported: the command catches it)
-from darts_jax.supernet import check_image_size, num_params
+from darts_jax.ops import registry
+from darts_jax.ops.init import num_params
+from darts_jax.optim import cosine_per_epoch
+from darts_jax.supernet import check_image_size, reduction_layers
 
 # config keys that may change between a run and its resumption (they do not change results)
 MAY_DIFFER = ('log_every', 'checkpoint_every', 'keep_checkpoints', 'tensorboard', 'progress',
-              'data_dir', 'download', 'eval_every') + runs.PROCESS_KEYS
-# what shard_weights splits over the devices: the parameters and their momentum
-SHARDED_FIELDS = ('params', 'opt_state')
+              'data_dir', 'download', 'eval_every') + run_config.PROCESS_KEYS
+# what shard_weights splits over the devices: the weights and their momentum
+SHARDED_FIELDS = ('weights', 'opt_state')
+# epoch-record keys that go to TensorBoard
+SCALARS = ('train_loss', 'train_acc', 'lr', 'test_loss', 'test_top1', 'test_top5')
 
 
 class TrainResult(NamedTuple):
@@ -44,20 +46,20 @@ class TrainResult(NamedTuple):
 
 
 def hparams_from_config(cfg: Mapping, steps_per_epoch: int) -> train_lib.TrainHParams:
-  return runs.hparams_from_config(train_lib.TrainHParams, cfg, steps_per_epoch)
+  return run_config.hparams_from_config(train_lib.TrainHParams, cfg, steps_per_epoch)
 
 
 def _check_config(cfg: Mapping) -> None:
   for name in ('batch_size', 'init_channels', 'layers', 'epochs', 'stem_multiplier',
                'eval_every'):
-    runs.check_int(cfg, name, 1)
+    run_config.check_int(cfg, name, 1)
   for name, zero in (('log_every', 'off'), ('checkpoint_every', 'epoch ends only'),
                      ('max_examples', 'all'), ('max_test_examples', 'all'),
                      ('cutout_length', 'no cutout'),
                      ('crop_padding', 'no crop')):
-    runs.check_int(cfg, name, 0, zero)
-  runs.check_int(cfg, 'keep_checkpoints', 1)
-  runs.check_execution_config(cfg)
+    run_config.check_int(cfg, name, 0, zero)
+  run_config.check_int(cfg, 'keep_checkpoints', 1)
+  run_config.check_execution_config(cfg)
   hparams_from_config(cfg, steps_per_epoch=1)  # the optimiser settings, before any data is read
 
 
@@ -68,12 +70,13 @@ def _model(cfg: Mapping, genotype: Genotype, dataset: data_lib.Dataset) -> Netwo
                       in_channels=dataset.images.shape[-1])
 
 
-def _check_shapes(cfg: Mapping, model: NetworkCIFAR, dataset: data_lib.Dataset, dtype) -> None:
+def _check_shapes(cfg: Mapping, model: NetworkCIFAR, dataset: data_lib.Dataset) -> None:
   image_size = tuple(dataset.images.shape[1:3])
-  reductions = len({cfg['layers'] // 3, 2 * cfg['layers'] // 3})
-  check_image_size((1, *image_size, model.in_channels), reductions, model.in_channels, dtype)
+  reductions = len(reduction_layers(cfg['layers']))
+  check_image_size((1, *image_size, model.in_channels), reductions, model.in_channels,
+                   what='network')
   if cfg['auxiliary']:
-    # the auxiliary head pools the map after cell 2*layers//3 to 2x2 (8x8 at 32x32 inputs)
+    # the auxiliary head pools the map after the last reduction cell to 2x2 (8x8 at 32x32)
     h, w = (n // 2 ** reductions for n in image_size)
     if [(n - 5) // 3 + 1 if n >= 5 else 0 for n in (h, w)] != [2, 2]:
       raise ValueError(f'auxiliary=True needs 32x32 images (the head pools an 8x8 map to '
@@ -81,22 +84,22 @@ def _check_shapes(cfg: Mapping, model: NetworkCIFAR, dataset: data_lib.Dataset, 
                        'auxiliary=False')
 
 
-def param_counts(params) -> tuple[int, int]:
+def param_counts(weights) -> tuple[int, int]:
   """``(without, with)`` the auxiliary head: the original reports the first."""
-  total = num_params(params)
-  return total - num_params(params.get('aux', {})), total
+  total = num_params(weights)
+  return total - num_params(weights.get('aux', {})), total
 
 
 def _eval_batches(n: int, batch: int):
   """Index arrays of full-size batches covering ``0..n-1`` once, and a mask that drops the
   padding of the last one (one static shape: one compilation)."""
-  steps = -(-n // batch)
-  index = np.arange(steps * batch) % n
-  mask = np.arange(steps * batch) < n
-  return index.reshape(steps, batch), mask.reshape(steps, batch)
+  batches = -(-n // batch)
+  index = np.arange(batches * batch) % n
+  mask = np.arange(batches * batch) < n
+  return index.reshape(batches, batch), mask.reshape(batches, batch)
 
 
-def evaluate(eval_fn: Callable, params, batch_stats, test_set: data_lib.Dataset,
+def evaluate(eval_fn: Callable, weights, batch_stats, test_set: data_lib.Dataset,
              feed: parallel.BatchFeed) -> dict[str, float]:
   """Mean loss, top-1 and top-5 accuracy over the whole of ``test_set`` (eval-mode BN)."""
   sums = {'loss': 0.0, 'top1': 0.0, 'top5': 0.0, 'examples': 0.0}
@@ -104,7 +107,7 @@ def evaluate(eval_fn: Callable, params, batch_stats, test_set: data_lib.Dataset,
   positions = np.arange(feed.batch_size)
   for i, m in zip(index, mask):
     images, labels = feed(i, test_set.images, test_set.labels)
-    out = jax.device_get(eval_fn(params, batch_stats, images, labels, feed(positions, m)[0]))
+    out = jax.device_get(eval_fn(weights, batch_stats, images, labels, feed(positions, m)[0]))
     sums = {k: sums[k] + float(out[k]) for k in sums}
   n = sums['examples']
   return {'loss': sums['loss'] / n, 'top1': sums['top1'] / n, 'top5': sums['top5'] / n,
@@ -119,22 +122,26 @@ class _Setup(NamedTuple):
   train_set: data_lib.Dataset
   test_set: data_lib.Dataset
   hp: train_lib.TrainHParams
-  ex: runs.Execution
+  ex: run_config.Execution
 
 
-def _setup(cfg: Mapping, need_train: bool = True) -> _Setup:
-  """Everything a run needs that can fail on bad input, before anything is written."""
+def _setup(cfg: Mapping, need_train: bool = True, workdir: str | None = None) -> _Setup:
+  """Everything a run needs that can fail on bad input, before anything is written (and
+  before any data is read, whether ``workdir`` can be written)."""
   cfg = dict(cfg)
   _check_config(cfg)
-  dtype = runs.run_dtype(cfg)
+  if workdir is not None:
+    run_config.check_workdir_usable(workdir)
+  dtype = run_config.run_dtype(cfg)
   genotype = load_genotype(cfg['genotype'])
-  genotype.validate_ops(list(OPS))
+  genotype.validate_ops(list(registry.OPS))
   data_dir = cfg['data_dir'] or data_lib.default_data_dir()
-  test_set = runs.subset(data_lib.load_dataset(cfg['dataset'], 'test', data_dir, cfg['download']),
-                         cfg['max_test_examples'])
+  test_set = data_lib.subset(
+      data_lib.load_dataset(cfg['dataset'], 'test', data_dir, cfg['download']),
+      cfg['max_test_examples'])
   train_set = test_set
   if need_train:
-    train_set = runs.subset(
+    train_set = data_lib.subset(
         data_lib.load_dataset(cfg['dataset'], 'train', data_dir, cfg['download']),
         cfg['max_examples'])
   batch = cfg['batch_size']
@@ -143,15 +150,90 @@ def _setup(cfg: Mapping, need_train: bool = True) -> _Setup:
                      f'of {cfg["dataset"]!r}')
   hp = hparams_from_config(cfg, data_lib.steps_per_epoch(len(train_set.labels), batch))
   model = _model(cfg, genotype, train_set)
-  _check_shapes(cfg, model, train_set, dtype)
-  return _Setup(cfg, dtype, genotype, model, train_set, test_set, hp, runs.execution(cfg))
+  _check_shapes(cfg, model, train_set)
+  return _Setup(cfg, dtype, genotype, model, train_set, test_set, hp,
+                run_config.execution(cfg))
 
 
-def _eval_fn(s: _Setup, params_sharding=None):
+def _eval_fn(s: _Setup, weights_sharding=None):
   mean, std = s.train_set.mean, s.train_set.std
   return train_lib.jit_eval_step(
       s.model, s.ex.mesh, lambda images: data_lib.normalize(images, mean, std).astype(s.dtype),
-      s.ex.compute_dtype, params_sharding)
+      s.ex.compute_dtype, weights_sharding)
+
+
+def _initial_state(s: _Setup):
+  """The training state from the seed, placed on the mesh; and its shardings."""
+  state = train_lib.init_train_state(s.hp, s.model, jax.random.PRNGKey(s.cfg['seed']),
+                                     tuple(s.train_set.images.shape[1:3]),
+                                     s.train_set.images.shape[-1], s.dtype)
+  shardings = parallel.state_sharding(state, s.ex.mesh,
+                                      SHARDED_FIELDS if s.ex.shard_weights else ())
+  return parallel.place(state, shardings), shardings
+
+
+def _epoch_loop(s: _Setup, state, shardings, best_checkpoint) -> run_loop.EpochLoop:
+  """The training as the run skeleton takes it: the jitted step on augmented, cut-out batches,
+  and at each epoch's end the test evaluation and the best checkpoint."""
+  cfg, hp, ex, train_set = s.cfg, s.hp, s.ex, s.train_set
+  batch, spe = cfg['batch_size'], hp.steps_per_epoch
+  mean, std = train_set.mean, train_set.std
+
+  def preprocess(key, images):  # the original's transforms, cutout last (after Normalize)
+    k_aug, k_cut = jax.random.split(key)
+    x = data_lib.augment(k_aug, images, mean, std, cfg['crop_padding'], cfg['flip'])
+    return data_lib.cutout(k_cut, x, cfg['cutout_length']).astype(s.dtype)
+
+  loss = train_lib.make_train_loss(s.model, hp.auxiliary_weight, ex.compute_dtype)
+  if ex.batch_norm == 'per_device' and ex.mesh.size > 1:  # one device: the same as global
+    loss = parallel.per_device_batch_norm(loss, ex.mesh.size, ex.mesh, batch_argnum=2,
+                                          key_argnum=3)
+  eval_fn = _eval_fn(s, shardings.weights)
+  feed = parallel.BatchFeed(ex.mesh, batch)
+  without_aux, with_aux = param_counts(state.weights)
+  total = hp.epochs * spe
+
+  def batches(epoch):
+    order = data_lib.epoch_order(len(train_set.labels), batch, cfg['seed'], epoch)
+    return lambda i: (feed(order[i], train_set.images, train_set.labels),)
+
+  def end_epoch(state, epoch, seconds):
+    m = jax.device_get(state.metrics)
+    step = int(state.step)
+    record = {'kind': 'epoch', 'epoch': epoch + 1, 'step': step,
+              'lr': float(cosine_per_epoch(hp.lr, hp.lr_min, hp.epochs, spe)(epoch * spe)),
+              'drop_path_prob': float(train_lib.drop_path_prob(hp, epoch * spe)),
+              'train_loss': float(m.loss / m.steps),
+              'train_acc': float(m.correct / m.examples), 'seconds': seconds}
+    if (epoch + 1) % cfg['eval_every'] == 0 or step == total:
+      test = evaluate(eval_fn, state.weights, state.batch_stats, s.test_set, feed)
+      record.update(test_loss=test['loss'], test_top1=test['top1'], test_top5=test['top5'])
+    return record
+
+  def keep_best(state, record, records):
+    # before the latest checkpoint: a run resumed from there has its best epoch on disk. A run
+    # interrupted between the two redoes this epoch bit for bit: its save is on disk.
+    best = _best_top1(records)
+    if 'test_top1' in record and (best is None or record['test_top1'] > best):
+      if best_checkpoint.latest_step() != record['step']:
+        best_checkpoint.save(record['step'], state,
+                             {'epoch': record['epoch'], 'test_top1': record['test_top1']})
+
+  def intro(step):
+    lines = [] if step else [
+        f'training {s.genotype.to_string()}\n  on {cfg["dataset"]} '
+        f'{tuple(train_set.images.shape[1:])}: {len(train_set.labels)} training, '
+        f'{len(s.test_set.labels)} test examples; {hp.epochs} epochs x {spe} steps, '
+        f'{ex.describe(batch)}; lr {hp.lr:g}; {cfg["layers"]} cells, C={cfg["init_channels"]}']
+    return lines + [f'parameters: {without_aux:,} ' + (
+        f'({with_aux:,} with the auxiliary head)' if cfg['auxiliary'] else '(no auxiliary head)')]
+
+  return run_loop.EpochLoop(
+      what='the training step',
+      step=train_lib.jit_train_step(hp, s.model, ex.mesh, preprocess, loss, shardings),
+      batches=batches, running=lambda m: (m.loss / m.steps, m.correct / m.examples),
+      end_epoch=end_epoch, report=_epoch_report, scalars=SCALARS, after_epoch=keep_best,
+      intro=intro)
 
 
 def run_train(cfg: Mapping, workdir: str, *,
@@ -160,121 +242,36 @@ def run_train(cfg: Mapping, workdir: str, *,
   in ``workdir``. An interruption or error checkpoints the steps done so far before it
   propagates; calling again resumes. The best test top-1 epoch is kept in ``workdir/best``.
   """
-  s = _setup(cfg)
-  cfg, hp, model, train_set, ex = s.cfg, s.hp, s.model, s.train_set, s.ex
-  mesh, batch, spe = ex.mesh, cfg['batch_size'], s.hp.steps_per_epoch
-  log = ex.speaker(log)
-  resumed = runs.check_workdir(workdir, cfg, MAY_DIFFER, ex.main)
-  if ex.main:
-    runs.write_atomic(os.path.join(workdir, 'genotype.txt'), s.genotype.to_string() + '\n')
-
-  mean, std = train_set.mean, train_set.std
-
-  def preprocess(key, images):  # the original's transforms, cutout last (after Normalize)
-    k_aug, k_cut = jax.random.split(key)
-    x = data_lib.augment(k_aug, images, mean, std, cfg['crop_padding'], cfg['flip'])
-    return data_lib.cutout(k_cut, x, cfg['cutout_length']).astype(s.dtype)
-
-  loss = train_lib.make_train_loss(model, hp.auxiliary_weight, ex.compute_dtype)
-  if ex.batch_norm == 'per_device' and mesh.size > 1:  # one device: the same as global
-    loss = parallel.per_device_batch_norm(loss, mesh.size, mesh, batch_argnum=2, key_argnum=3)
-  state = train_lib.init_train_state(hp, model, jax.random.PRNGKey(cfg['seed']),
-                                     tuple(train_set.images.shape[1:3]),
-                                     train_set.images.shape[-1], s.dtype)
-  shardings = parallel.state_sharding(state, mesh, SHARDED_FIELDS if ex.shard_weights else ())
-  state = parallel.place(state, shardings)
-  step_fn = train_lib.jit_train_step(hp, model, mesh, preprocess, loss, shardings)
-  eval_fn = _eval_fn(s, shardings.params)
-  feed = parallel.BatchFeed(mesh, batch)
-  checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, 'checkpoints'),
-                                     cfg['keep_checkpoints'])
+  s = _setup(cfg, workdir=workdir)
+  log = s.ex.speaker(log)
+  resumed = run_config.check_workdir(workdir, s.cfg, MAY_DIFFER, s.ex.main)
+  if s.ex.main:
+    ckpt_lib.write_atomic(os.path.join(workdir, 'genotype.txt'), s.genotype.to_string() + '\n')
+  state, shardings = _initial_state(s)
   best_checkpoint = ckpt_lib.Checkpoints(os.path.join(workdir, 'best'), 1)
-  writer = MetricWriter(workdir, cfg['tensorboard'], enabled=ex.main)
-  without_aux, with_aux = param_counts(state.params)
-  state = runs.restore_latest(checkpoints, state, workdir, resumed, spe, log)
-  step = int(state.step)
-  writer.truncate_after(step)
-  parallel.barrier('metrics')  # every process reads the records as process 0 left them
-  records = [r for r in writer.records() if r.get('kind') == 'epoch' and 'test_top1' in r]
-  best = max((r['test_top1'] for r in records), default=None)
-  total = hp.epochs * spe
-  if step == 0:
-    log(f'training {s.genotype.to_string()}\n  on {cfg["dataset"]} '
-        f'{tuple(train_set.images.shape[1:])}: {len(train_set.labels)} training, '
-        f'{len(s.test_set.labels)} test examples; {hp.epochs} epochs x {spe} steps, '
-        f'{ex.describe(batch)}; lr {hp.lr:g}; {cfg["layers"]} cells, C={cfg["init_channels"]}')
-  log(f'parameters: {without_aux:,} ' + (f'({with_aux:,} with the auxiliary head)'
-                                          if cfg['auxiliary'] else '(no auxiliary head)'))
-
-  def guard():
-    bad = int(state.nonfinite_step)
-    if bad >= 0:
-      raise runs.nonfinite_error(bad, spe, checkpoints.latest_step(), workdir)
-
-  def save():
-    guard()
-    checkpoints.save(int(state.step), state, {'epoch': int(state.step) // spe})
-
-  test = None
-  if step < total:
-    step_fn = runs.compile_ahead(
-        step_fn, (state, feed(np.arange(batch), train_set.images, train_set.labels)),
-        'the training step', log)
   try:
-    while step < total:
-      epoch = step // spe
-      order = data_lib.epoch_order(len(train_set.labels), batch, cfg['seed'], epoch)
-      bar = runs.progress(spe, step % spe, f'epoch {epoch + 1}/{hp.epochs}', cfg['progress'])
-      t0 = time.perf_counter()
-      while step < (epoch + 1) * spe:
-        i = order[step % spe]
-        state, _ = step_fn(state, feed(i, train_set.images, train_set.labels))
-        step += 1
-        bar.update(1)
-        if cfg['log_every'] and step % cfg['log_every'] == 0:
-          guard()
-          m = jax.device_get(state.metrics)
-          bar.set_postfix(loss=f'{m.loss / m.steps:.3f}', acc=f'{m.correct / m.examples:.3f}')
-          writer.write({'kind': 'train', 'step': step, 'train_loss': m.loss / m.steps},
-                       {'train/loss_running': m.loss / m.steps})
-        if cfg['checkpoint_every'] and step % cfg['checkpoint_every'] == 0 and step % spe:
-          save()
-      bar.close()
-      guard()
-      m = jax.device_get(state.metrics)
-      record = {'kind': 'epoch', 'epoch': epoch + 1, 'step': step,
-                'lr': float(train_lib.cosine_per_epoch(hp.lr, hp.lr_min, hp.epochs, spe)(
-                    epoch * spe)),
-                'drop_path_prob': float(train_lib.drop_path_prob(hp, epoch * spe)),
-                'train_loss': float(m.loss / m.steps),
-                'train_acc': float(m.correct / m.examples),
-                'seconds': time.perf_counter() - t0}
-      if (epoch + 1) % cfg['eval_every'] == 0 or step == total:
-        test = evaluate(eval_fn, state.params, state.batch_stats, s.test_set, feed)
-        record.update(test_loss=test['loss'], test_top1=test['top1'], test_top5=test['top5'])
-      writer.write(record, {k: record[k] for k in ('train_loss', 'train_acc', 'lr', 'test_loss',
-                                                   'test_top1', 'test_top5') if k in record})
-      log(_epoch_report(record))
-      guard()
-      if 'test_top1' in record and (best is None or record['test_top1'] > best):
-        # before the latest checkpoint: a run resumed from there has its best epoch on disk. A
-        # run interrupted between the two redoes this epoch bit for bit: its save is on disk.
-        best = record['test_top1']
-        if best_checkpoint.latest_step() != step:
-          best_checkpoint.save(step, state, {'epoch': epoch + 1, 'test_top1': best})
-      save()
-  except (KeyboardInterrupt, Exception) as e:
-    runs.on_stop(e, state, checkpoints, save, log)
-    raise
+    state, records = run_loop.run_epochs(
+        _epoch_loop(s, state, shardings, best_checkpoint), state, cfg=s.cfg, workdir=workdir,
+        epochs=s.hp.epochs, steps_per_epoch=s.hp.steps_per_epoch, resumed=resumed,
+        main=s.ex.main, log=log)
   finally:
-    writer.close()
-    checkpoints.close()
     best_checkpoint.close()
 
+  total = s.hp.epochs * s.hp.steps_per_epoch
+  best = _best_top1(records)
   if best is not None:
     log(f'training done: {total} steps; best test top-1 {best:.4f} (checkpoint in '
         f'{workdir}/best)')
+  tested = [r for r in records if 'test_top1' in r]
+  test = None
+  if tested and tested[-1]['step'] == total:
+    test = {'loss': tested[-1]['test_loss'], 'top1': tested[-1]['test_top1'],
+            'top5': tested[-1]['test_top5'], 'examples': len(s.test_set.labels)}
   return TrainResult(parallel.to_host(state), s.genotype, test, best)
+
+
+def _best_top1(records) -> float | None:
+  return max((r['test_top1'] for r in records if 'test_top1' in r), default=None)
 
 
 def _epoch_report(r: Mapping) -> str:
@@ -287,29 +284,29 @@ def _epoch_report(r: Mapping) -> str:
 
 
 def evaluate_checkpoint(cfg: Mapping, workdir: str | None = None, which: str = 'best',
-                        weights: str | None = None, *,
+                        weights_file: str | None = None, *,
                         log: Callable[[str], None] = print) -> dict[str, float]:
   """Test-set loss, top-1 and top-5 of a trained network: a run's ``best`` or ``last``
-  checkpoint in ``workdir``, or ``weights``, an ``.npz`` of the original's released weights
-  (``experiments.convert_torch_checkpoint``) for the network ``cfg`` describes."""
-  if (workdir is None) == (weights is None):
+  checkpoint in ``workdir``, or ``weights_file``, an ``.npz`` of the original's released
+  weights (``experiments.convert_torch_checkpoint``) for the network ``cfg`` describes."""
+  if (workdir is None) == (weights_file is None):
     raise ValueError('give either a training workdir or --weights=FILE.npz')
   if which not in ('best', 'last'):
     raise ValueError(f"checkpoint={which!r}: allowed: best, last")
-  if weights is not None and not os.path.isfile(weights):
-    raise ValueError(f'weights={weights!r}: no such file')
+  if weights_file is not None and not os.path.isfile(weights_file):
+    raise ValueError(f'weights={weights_file!r}: no such file')
   s = _setup(cfg, need_train=False)
   log = s.ex.speaker(log)
   state = train_lib.init_train_state(s.hp, s.model, jax.random.PRNGKey(0),
                                      tuple(s.test_set.images.shape[1:3]),
                                      s.test_set.images.shape[-1], s.dtype)
-  if weights is not None:
+  if weights_file is not None:
     from darts_jax import interop
     variables = interop.from_original(
-        interop.load_npz_weights(weights),
-        {'params': state.params, 'batch_stats': state.batch_stats})
-    params, stats = variables['params'], variables['batch_stats']
-    source = weights
+        interop.load_npz_weights(weights_file),
+        {'params': state.weights, 'batch_stats': state.batch_stats})
+    weights, stats = variables['params'], variables['batch_stats']
+    source = weights_file
   else:
     directory = os.path.join(workdir, 'best' if which == 'best' else 'checkpoints')
     if not os.path.isdir(directory):
@@ -321,11 +318,11 @@ def evaluate_checkpoint(cfg: Mapping, workdir: str | None = None, which: str = '
       restored, meta = checkpoints.restore(state)
     finally:
       checkpoints.close()
-    params, stats = restored.params, restored.batch_stats
+    weights, stats = restored.weights, restored.batch_stats
     epoch = f', epoch {meta["epoch"]}' if meta and 'epoch' in meta else ''
     source = f'{directory} (step {int(restored.step)}{epoch})'
-  params, stats = parallel.replicate((params, stats), s.ex.mesh)
-  result = evaluate(_eval_fn(s), params, stats, s.test_set,
+  weights, stats = parallel.replicate((weights, stats), s.ex.mesh)
+  result = evaluate(_eval_fn(s), weights, stats, s.test_set,
                     parallel.BatchFeed(s.ex.mesh, s.cfg['batch_size']))
   log(f'{source}: test loss {result["loss"]:.4f}  top-1 {result["top1"]:.4f}  top-5 '
       f'{result["top5"]:.4f}  ({result["examples"]} {s.cfg["dataset"]} test images)')

@@ -1,4 +1,5 @@
-"""Pictures of a search: the derived cells as graphs and the softmaxed alphas as heatmaps/curves.
+"""Pictures of a search: the derived cells as graphs, the mixing weights softmax(alpha) as
+heatmaps and curves (:func:`darts_jax.genotypes.mixing_weights` computes them from the alphas).
 
 matplotlib and the ``graphviz`` Python package are optional (``pip install 'darts_jax[viz]'``), so
 they are imported inside the functions that need them: importing this module costs nothing and a
@@ -43,24 +44,24 @@ def state_name(index: int) -> str:
   return _INPUTS[index] if index < 2 else str(index - 2)
 
 
-def _steps_for_edges(num_edges: Any) -> int:
-  """The node count whose edges (2 + 3 + ... + (steps + 1)) number ``num_edges``."""
+def _nodes_for_edges(num_edges: Any) -> int:
+  """The node count whose edges (2 + 3 + ... + (nodes + 1)) number ``num_edges``."""
   if not isinstance(num_edges, (int, np.integer)) or isinstance(num_edges, bool):
     raise ValueError(f'the number of edges must be an int, got {num_edges!r}')
-  steps, total = 0, 0
+  nodes, total = 0, 0
   while total < num_edges:
-    total += steps + 2
-    steps += 1
-  if steps == 0 or total != num_edges:
+    total += nodes + 2
+    nodes += 1
+  if nodes == 0 or total != num_edges:
     raise ValueError(f'{num_edges} edges is no cell: node i has i + 2 inputs, so a cell has '
-                     f'2, 5, 9, 14, 20, ... edges (2 + 3 + ... + (steps + 1))')
-  return steps
+                     f'2, 5, 9, 14, 20, ... edges (2 + 3 + ... + (nodes + 1))')
+  return nodes
 
 
 def edge_names(num_edges: int) -> list[str]:
   """Names of the alpha rows, in the supernet's order: ``'1<-c_{k-2}'`` is node 1's first input."""
-  steps = _steps_for_edges(num_edges)
-  return [f'{node}<-{state_name(j)}' for node in range(steps) for j in range(node + 2)]
+  nodes = _nodes_for_edges(num_edges)
+  return [f'{node}<-{state_name(j)}' for node in range(nodes) for j in range(node + 2)]
 
 
 def genotype_dot(genotype: Any, cell: str) -> Any:
@@ -76,7 +77,7 @@ def genotype_dot(genotype: Any, cell: str) -> Any:
   concat = list(getattr(genotype, cell + '_concat'))
   if len(pairs) % 2:
     raise ValueError(f'genotype {cell}: needs two (op, input) pairs per node, got {len(pairs)}')
-  steps = len(pairs) // 2
+  nodes = len(pairs) // 2
 
   dot = graphviz.Digraph(
       name=f'{cell}_cell', format='png',
@@ -86,7 +87,7 @@ def genotype_dot(genotype: Any, cell: str) -> Any:
       edge_attr={'fontname': 'helvetica', 'fontsize': '16'})
   for name in _INPUTS:
     dot.node(name, fillcolor='darkseagreen2')
-  for node in range(steps):
+  for node in range(nodes):
     dot.node(str(node), fillcolor='lightblue')
   dot.node(OUTPUT, fillcolor='palegoldenrod')
 
@@ -97,8 +98,8 @@ def genotype_dot(genotype: Any, cell: str) -> Any:
                        f'are 0..{node + 1}')
     dot.edge(state_name(j), str(node), label=op)
   for c in concat:
-    if not 0 <= c < steps + 2:
-      raise ValueError(f'genotype {cell}_concat: {c} is not a state index 0..{steps + 1}')
+    if not 0 <= c < nodes + 2:
+      raise ValueError(f'genotype {cell}_concat: {c} is not a state index 0..{nodes + 1}')
     dot.edge(state_name(c), OUTPUT, color='gray40')
   return dot
 
@@ -145,25 +146,25 @@ def save_genotype_graphs(genotype: Any, directory: str | os.PathLike, stem: str
   return out
 
 
-def _cell_weights(alphas: Any, primitives: Sequence[str], where: str = 'alphas'
-                  ) -> dict[str, np.ndarray]:
-  """``alphas`` as ``{cell: float array (E, O)}`` in CELLS order, checked against ``primitives``."""
-  if not isinstance(alphas, Mapping) or not alphas:
-    got = sorted(alphas) if isinstance(alphas, Mapping) else type(alphas).__name__
+def _cell_mixing(mixing: Any, primitives: Sequence[str], where: str = 'mixing'
+                 ) -> dict[str, np.ndarray]:
+  """``mixing`` as ``{cell: float array (E, O)}`` in CELLS order, checked against ``primitives``."""
+  if not isinstance(mixing, Mapping) or not mixing:
+    got = sorted(mixing) if isinstance(mixing, Mapping) else type(mixing).__name__
     raise ValueError(f'{where} must be a non-empty dict with keys from {CELLS}, got {got}')
-  unknown = [k for k in alphas if k not in CELLS]
+  unknown = [k for k in mixing if k not in CELLS]
   if unknown:
     raise ValueError(f'{where} has unknown cells {unknown}; allowed: {CELLS}')
   out = {}
   for cell in CELLS:
-    if cell not in alphas:
+    if cell not in mixing:
       continue
-    a = np.asarray(alphas[cell], dtype=np.float64)
+    a = np.asarray(mixing[cell], dtype=np.float64)
     if a.ndim != 2 or a.shape[1] != len(primitives):
       raise ValueError(f'{where}[{cell!r}] has shape {a.shape}; expected (E, {len(primitives)}): '
                        f'one row per edge, one column per primitive')
     try:
-      _steps_for_edges(a.shape[0])
+      _nodes_for_edges(a.shape[0])
     except ValueError as e:
       raise ValueError(f'{where}[{cell!r}] has shape {a.shape}: {e}') from None
     out[cell] = a
@@ -194,16 +195,19 @@ def _save(fig: Any, path: str | os.PathLike) -> None:
   fig.savefig(path, format='png', dpi=100)
 
 
-def plot_alpha_heatmaps(alphas: Mapping[str, Any], primitives: Sequence[str],
+def plot_alpha_heatmaps(mixing: Mapping[str, Any], primitives: Sequence[str],
                         path: str | os.PathLike, title: str | None = None) -> None:
-  """Side-by-side heatmaps (edges x ops) of each cell's softmaxed alphas, saved as a PNG."""
+  """Side-by-side heatmaps (edges x ops) of each cell's mixing weights, saved as a PNG.
+
+  ``mixing`` is ``{cell: (E, O)}`` of softmax(alpha), e.g. ``genotypes.mixing_weights(alphas)``.
+  """
   primitives = _check_primitives(primitives)
-  cells = _cell_weights(alphas, primitives)
+  cells = _cell_mixing(mixing, primitives)
   rows = max(a.shape[0] for a in cells.values())
   fig = _new_figure((len(cells) * (0.75 * len(primitives) + 3.0), 0.4 * rows + 2.5))
   axes = fig.subplots(1, len(cells), squeeze=False)[0]
   for ax, (cell, a) in zip(axes, cells.items()):
-    # a fixed 0..1 scale (softmax weights) keeps colours comparable from epoch to epoch
+    # a fixed 0..1 scale (mixing weights) keeps colours comparable from epoch to epoch
     vmin, vmax = min(0.0, float(a.min())), max(1.0, float(a.max()))
     im = ax.imshow(a, cmap='viridis', vmin=vmin, vmax=vmax, aspect='auto')
     ax.set_xticks(range(len(primitives)), labels=primitives, rotation=45, ha='right',
@@ -220,13 +224,14 @@ def plot_alpha_heatmaps(alphas: Mapping[str, Any], primitives: Sequence[str],
   _save(fig, path)
 
 
-def _history_weights(history: Sequence[Mapping[str, Any]], primitives: Sequence[str]
-                     ) -> dict[str, np.ndarray]:
-  """``{cell: array (T, E, O)}`` from T epochs of alphas, which must agree in cells and shapes."""
+def _history_mixing(history: Sequence[Mapping[str, Any]], primitives: Sequence[str]
+                    ) -> dict[str, np.ndarray]:
+  """``{cell: array (T, E, O)}`` from T epochs of mixing weights, which must agree in cells and
+  shapes."""
   if isinstance(history, Mapping) or not isinstance(history, Sequence) or not history:
-    raise ValueError('history must be a non-empty list with one alphas dict per epoch, got '
-                     f'{type(history).__name__}')
-  epochs = [_cell_weights(h, primitives, where=f'history[{t}]') for t, h in enumerate(history)]
+    raise ValueError('history must be a non-empty list with one mixing-weights dict per epoch, '
+                     f'got {type(history).__name__}')
+  epochs = [_cell_mixing(h, primitives, where=f'history[{t}]') for t, h in enumerate(history)]
   first = {cell: a.shape for cell, a in epochs[0].items()}
   for t, epoch in enumerate(epochs[1:], start=1):
     shapes = {cell: a.shape for cell, a in epoch.items()}
@@ -237,20 +242,21 @@ def _history_weights(history: Sequence[Mapping[str, Any]], primitives: Sequence[
 
 def plot_alpha_evolution(history: Sequence[Mapping[str, Any]], primitives: Sequence[str],
                          path: str | os.PathLike, steps: Sequence[float] | None = None) -> None:
-  """Each edge's softmaxed op weights over the epochs of ``history``, saved as a PNG.
+  """Each edge's mixing weights over the epochs of ``history`` (one ``{cell: (E, O)}`` of
+  softmax(alpha) per epoch), saved as a PNG.
 
   One panel grid per cell, laid out like the cell: row i is node i, column j its input j (so row i
   has i + 2 panels); one line per op, with a legend of the primitives shared by all panels. The x
   axis is the epoch index, or ``steps`` (one value per entry of ``history``).
   """
   primitives = _check_primitives(primitives)
-  cells = _history_weights(history, primitives)
+  cells = _history_mixing(history, primitives)
   n = len(history)
   x = np.arange(n) if steps is None else np.asarray(steps, dtype=np.float64)
   if x.shape != (n,):
     raise ValueError(f'steps has shape {x.shape}; expected ({n},), one value per history entry')
 
-  nodes = max(_steps_for_edges(a.shape[1]) for a in cells.values())
+  nodes = max(_nodes_for_edges(a.shape[1]) for a in cells.values())
   panel = 1.6
   fig = _new_figure((len(cells) * (nodes + 1) * panel + 0.5, nodes * panel + 1.2))
   subfigs = np.atleast_1d(fig.subfigures(1, len(cells)))
@@ -262,7 +268,7 @@ def plot_alpha_evolution(history: Sequence[Mapping[str, Any]], primitives: Seque
     sub.suptitle(f'{cell} cell')
     sub.supxlabel('epoch' if steps is None else 'step', fontsize=9)
     sub.supylabel('softmax weight', fontsize=9)
-    cell_nodes = _steps_for_edges(a.shape[1])
+    cell_nodes = _nodes_for_edges(a.shape[1])
     grid = sub.subplots(cell_nodes, cell_nodes + 1, squeeze=False, sharex=True, sharey=True)
     names = edge_names(a.shape[1])
     e = 0

@@ -17,7 +17,8 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'confi
 
 
 def run(config: dict, workdir: str) -> None:
-  from darts_jax.search_loop import NonFiniteError, run_search
+  from darts_jax.run_loop import NonFiniteError
+  from darts_jax.search_loop import run_search
   try:
     run_search(config, workdir)
   except NonFiniteError as e:

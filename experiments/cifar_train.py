@@ -19,7 +19,8 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'confi
 
 
 def run(config: dict, workdir: str) -> None:
-  from darts_jax.train_loop import NonFiniteError, run_train
+  from darts_jax.run_loop import NonFiniteError
+  from darts_jax.train_loop import run_train
   try:
     run_train(config, workdir)
   except NonFiniteError as e:

@@ -50,7 +50,7 @@ def study_network(path: str, dtype, done: frozenset = frozenset()):
   named in ``done`` (the exact one is always computed: it is what the others are compared to)."""
   from darts_jax import hypergradient as hg
   from darts_jax import interop
-  from darts_jax.reference import search_config
+  from darts_jax.spaces.cnn import search_config
   from darts_jax.supernet import make_loss, supernet_shapes
   with np.load(path) as f:
     ref = {k: f[k] for k in f.files}
@@ -61,7 +61,7 @@ def study_network(path: str, dtype, done: frozenset = frozenset()):
   shapes = supernet_shapes(config, ref['search/x_train'].shape[2:], dtype)
   named = lambda prefix: {k[len(prefix):]: v for k, v in ref.items() if k.startswith(prefix)}
   load = lambda prefix: cast(interop.from_original(
-      named(prefix), {'params': shapes.weights}, steps=config.steps, require=('params',),
+      named(prefix), {'params': shapes.weights}, nodes=config.nodes, require=('params',),
       primitives=config.primitives)['params'])
   weights, buf = load('search/w/'), load('search/momentum/')
   alphas = cast({'normal': ref['search/alphas_normal'], 'reduce': ref['search/alphas_reduce']})
@@ -77,24 +77,20 @@ def study_network(path: str, dtype, done: frozenset = frozenset()):
   # every array is an argument, never a closed-over constant: XLA would constant-fold the network
   data = (weights, state, stats, batches)
 
-  def estimator(method, **options):
-    def run(a, data, *extra):
+  def estimator(name, **options):
+    def run(a, data, *fd_r):  # fd_r traced: one compile for the whole r sweep
       weights, state, stats, (train, val) = data
-      opts = dict(options)
-      if method in ('unrolled', 'finite_difference'):
-        opts.update(inner=inner, inner_state=state)
-      if method == 'finite_difference':
-        opts.update(xi=xi, r=extra[0])
-      return hg.hypergradient(method, hg.bind_loss(loss, stats, train),
-                              hg.bind_loss(loss, stats, val), weights, a, **opts)[0]
+      est = hg.make_estimator(name, inner, **options, **({'fd_r': fd_r[0]} if fd_r else {}))
+      return est.estimate(hg.bind_loss(loss, stats, train), hg.bind_loss(loss, stats, val),
+                          weights, a, state, xi)[0]
     return run
 
-  g_exact, c, r, t = _timed(estimator('unrolled'), alphas, data)
+  g_exact, c, r, t = _timed(estimator('exact'), alphas, data)
   yield _row('exact (unrolled K=1)', g_exact, g_exact, c, r, t)
   for name, fn in {'first_order': estimator('first_order'),
-                   'unrolled K=2': estimator('unrolled', steps=2),
-                   'implicit CG (20 iters, damping 1)': estimator('implicit', maxiter=20,
-                                                                  damping=1.0),
+                   'unrolled K=2': estimator('unrolled', unrolled_steps=2),
+                   'implicit CG (20 iters, damping 1)': estimator(
+                       'implicit', implicit_maxiter=20, implicit_damping=1.0),
                    }.items():
     if name in done:
       continue
@@ -122,14 +118,13 @@ def study_toys() -> list:
   inner = optax.sgd(xi)
   exact = (w - xi * (2 * w - 2 * a)) + 2 * xi * a - 2  # closed form of eq. 6 on the toy
   rows = []
-  for name, fn in {
-      'first_order': lambda: hg.first_order(toy_train_loss, toy_val_loss, w, a)[0],
-      'unrolled K=1': lambda: hg.unrolled(toy_train_loss, toy_val_loss, w, a, inner,
-                                          inner.init(w))[0],
-      'finite difference r=0.01': lambda: hg.finite_difference(
-          toy_train_loss, toy_val_loss, w, a, inner, inner.init(w), xi=xi)[0],
-      'implicit CG': lambda: hg.implicit(toy_train_loss, toy_val_loss, w, a)[0]}.items():
-    g = fn()
+  for name, estimator in {
+      'first_order': hg.make_estimator('first_order'),
+      'unrolled K=1': hg.make_estimator('exact', inner),
+      'finite difference r=0.01': hg.make_estimator('finite_difference', inner, fd_r=0.01),
+      'implicit CG': hg.make_estimator('implicit', implicit_maxiter=100, implicit_damping=0.0),
+  }.items():
+    g = estimator.estimate(toy_train_loss, toy_val_loss, w, a, inner.init(w), xi)[0]
     rows.append({'estimator': name, 'value': float(g), 'exact_eq6': float(exact),
                  'rel_err': float(abs(g - exact) / abs(exact))})
   return rows

@@ -1,4 +1,12 @@
-"""Shared test settings: warnings from our own code are errors; float64 is enabled per test."""
+"""Shared test settings, strict by design:
+
+- implicit rank promotion is an error (``jax_numpy_rank_promotion='raise'``): a broadcast that
+  adds axes must be written out, so a shape mistake cannot pass silently;
+- every warning raised from darts_jax is an error (``pyproject.toml``'s ``filterwarnings``);
+- float64 is enabled per test (the ``x64`` fixture);
+- tests that compile for a long time carry ``@pytest.mark.slow``: ``pytest -m "not slow"`` is the
+  fast tier for the edit-test loop, CI runs everything.
+"""
 
 import os
 import pathlib
@@ -16,6 +24,8 @@ TEST_FLAGS = ('--xla_backend_optimization_level=0', '--xla_force_host_platform_d
 for _flag in TEST_FLAGS:
   if _flag not in os.environ.get('XLA_FLAGS', '').split():  # xdist workers import this too
     os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}".strip()
+# read by jax at import, so subprocesses (the CLI and multi-process tests) are strict too
+os.environ['JAX_NUMPY_RANK_PROMOTION'] = 'raise'
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import jax
 import pytest
 
 from darts_jax import checkpoint as ckpt_lib
-from darts_jax import runs
+from darts_jax import run_loop
 
 
 def interrupt_after(steps: int, run, monkeypatch) -> None:
@@ -25,7 +25,7 @@ def interrupt_after(steps: int, run, monkeypatch) -> None:
     set_postfix = close = lambda self, *a, **k: None
 
   with monkeypatch.context() as m:
-    m.setattr(runs, 'progress', Interrupting)
+    m.setattr(run_loop, 'progress', Interrupting)
     with pytest.raises(KeyboardInterrupt):
       run()
 

@@ -40,6 +40,7 @@ def _check_row(row):
                              row['gflop_per_step'] / row['step_median_s'], rtol=0.05)
 
 
+@pytest.mark.slow
 def test_search_step_benchmark_tiny(tmp_path):
   proc, result = _run(['benchmarks.search_step', '--preset', 'tiny', '--estimators',
                        'weight_step,first_order', '--steps', '2'], tmp_path)
@@ -58,6 +59,7 @@ def test_search_step_benchmark_tiny(tmp_path):
   assert 'weight_step' in proc.stdout and 'first_order' in proc.stdout
 
 
+@pytest.mark.slow
 def test_train_step_benchmark_tiny(tmp_path):
   proc, result = _run(['benchmarks.train_step', '--preset', 'tiny', '--steps', '2'], tmp_path)
   assert proc.returncode == 0, proc.stderr

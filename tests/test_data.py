@@ -330,3 +330,14 @@ def test_cutout_random_squares():
     centres.add(hits[0])
   assert len(centres) > 3
   np.testing.assert_array_equal(data.cutout(jax.random.key(3), images * 2, 0), images * 2)
+
+
+def test_cutout_in_training_cuts_the_expected_area():
+  # centre uniform over the 32 rows, side 16 clipped at the borders: the mean cut length per
+  # axis is (sum_{y<8} (y+8) + 17 * 16 + sum_{y>24} (40-y)) / 32 = 448 / 32 = 14
+  images = jnp.ones((4000, 32, 32, 1))
+  cut = np.asarray(data.cutout(jax.random.PRNGKey(0), images, 16))
+  area = (cut == 0).sum((1, 2, 3))
+  assert area.mean() == pytest.approx(14 ** 2, rel=0.03)
+  assert area.max() == 256 and area.min() >= 64  # a full square, or a corner quarter of it
+  assert set(np.unique(cut)) == {0.0, 1.0}  # untouched pixels stay as they were

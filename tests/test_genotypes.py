@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from darts_jax.genotypes import (DARTS, DARTS_V1, DARTS_V2, GENOTYPES, PRIMITIVES, Genotype,
-                                 derive_genotype, parse_genotype)
+                                 derive_genotype, mixing_weights, num_edges, parse_genotype)
 
 V2_STRING = ("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), "
              "('sep_conv_3x3', 1), ('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), "
@@ -107,5 +107,37 @@ def test_repeated_keyword_and_leading_space():
 
 
 def test_derive_genotype_bad_shape():
-  with pytest.raises(ValueError, match=r"alphas\['normal'\] has shape \(14, 7\); expected \(14, 8\)"):
+  with pytest.raises(ValueError, match=r"alphas\['normal'\] has shape \(14, 7\); expected "
+                                       r'\(14, 8\) \(4 nodes, 8 ops\)'):
     derive_genotype({'normal': np.zeros((14, 7)), 'reduce': np.zeros((14, 8))})
+  with pytest.raises(ValueError, match=r'expected \(5, 8\) \(2 nodes, 8 ops\)'):
+    derive_genotype({'normal': np.zeros((14, 8)), 'reduce': np.zeros((14, 8))}, nodes=2)
+
+
+def test_num_edges():
+  # node i has i + 2 inputs: 2, 2 + 3, 2 + 3 + 4, ...
+  assert [num_edges(n) for n in range(1, 6)] == [2, 5, 9, 14, 20]
+
+
+def test_mixing_weights_closed_form_and_precision():
+  alphas = {'normal': np.log([[1.0, 2.0, 3.0], [4.0, 4.0, 8.0]]),
+            'reduce': np.array([[0, 0, 0], [1000, 0, 1000]], np.int32)}
+  mixing = mixing_weights(alphas)
+  np.testing.assert_allclose(mixing['normal'], [[1 / 6, 2 / 6, 3 / 6], [0.25, 0.25, 0.5]],
+                             rtol=1e-15)
+  # integers in float64; large logits do not overflow (the row maximum is subtracted first)
+  np.testing.assert_allclose(mixing['reduce'], [[1 / 3] * 3, [0.5, 0, 0.5]], rtol=1e-15)
+  assert mixing['normal'].dtype == np.float64 and mixing['reduce'].dtype == np.float64
+  # float32 alphas stay float32, as the original's softmax of its float32 parameters
+  assert mixing_weights({'normal': np.zeros((2, 3), np.float32)})['normal'].dtype == np.float32
+
+
+def test_derive_genotype_with_fewer_nodes():
+  """Two nodes, concatenating the last one: the rule and the concat follow ``nodes``."""
+  a = np.zeros((5, 8))
+  a[0, 4] = a[1, 5] = 1.0  # node 0: sep_conv_3x3 from input 0, sep_conv_5x5 from input 1
+  a[4, 6] = a[2, 1] = 1.0  # node 1: dil_conv_3x3 from node 0, max_pool_3x3 from input 0
+  g = derive_genotype({'normal': a, 'reduce': a}, nodes=2, multiplier=1)
+  assert g.normal == (('sep_conv_3x3', 0), ('sep_conv_5x5', 1), ('max_pool_3x3', 0),
+                      ('dil_conv_3x3', 2))
+  assert g.normal_concat == (3,) and g.reduce == g.normal

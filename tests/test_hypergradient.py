@@ -27,7 +27,7 @@ def test_toy_estimators_closed_forms(x64, xi, buf):
   # w' = w - xi (0.9 buf + 2w - 2a);  d/da L_val(w'(a), a) = w' + 2 xi a - 2
   w_prime = w - xi * (0.9 * buf + 2 * w - 2 * a)
   exact = w_prime + 2 * xi * a - 2
-  g, aux = hg.unrolled(toy_train, toy_val, w, a, inner, state)
+  g, aux = hg.second_order(toy_train, toy_val, w, a, inner, state)
   assert float(g) == pytest.approx(float(exact), rel=1e-12)
   assert float(aux.direct_norm) == pytest.approx(abs(float(w_prime) - 2), rel=1e-12)
   assert float(aux.train_loss) == pytest.approx(float(toy_train(w, a)))
@@ -39,6 +39,27 @@ def test_toy_estimators_closed_forms(x64, xi, buf):
   # IFT: (w - 2) - (-2) (2)^-1 a
   g_ift, aux = hg.implicit(toy_train, toy_val, w, a)
   assert float(g_ift) == pytest.approx(float(w - 2 + a), rel=1e-12) and bool(aux.converged)
+
+
+def test_the_factory_gives_each_estimator_its_closed_form(x64):
+  """``make_estimator`` by name, on the toy problem at xi = 0.3 with a momentum buffer of 0.7:
+  exact and finite difference give eq. 6, unrolled K = 2 the two-step closed form, first
+  order grad_alpha L_val, implicit the IFT value."""
+  w, a, xi, buf = jnp.array(-2.0), jnp.array(2.0), 0.3, 0.7
+  inner = optax.sgd(xi, momentum=0.9)
+  state = optax.tree_utils.tree_set(inner.init(w), trace=jnp.array(buf))
+  w1 = w - xi * (0.9 * buf + 2 * w - 2 * a)  # dw1/da = 2 xi
+  w2 = w1 - xi * (0.9 * (0.9 * buf + 2 * w - 2 * a) + 2 * w1 - 2 * a)
+  dw2 = 2 * xi - xi * (0.9 * 2 * -1 * 1 + 2 * 2 * xi - 2)  # d/da of w2's recursion
+  expected = {'first_order': w - 2, 'exact': w1 + 2 * xi * a - 2,
+              'finite_difference': w1 + 2 * xi * a - 2, 'unrolled': a * dw2 + w2 - 2,
+              'implicit': w - 2 + a}
+  for name, value in expected.items():
+    est = hg.make_estimator(name, inner, unrolled_steps=2, implicit_damping=0.0,
+                            implicit_maxiter=10)
+    g, _ = est.estimate(toy_train, toy_val, w, a, state, xi)
+    assert est.name == name
+    assert float(g) == pytest.approx(float(value), rel=1e-10), name
 
 
 def test_finite_difference_scale_may_be_traced(x64):
@@ -90,15 +111,15 @@ def test_ridge_implicit_is_exact_and_unrolled_converges(x64):
   errors = []
   for steps in (1, 10, 300):
     inner = optax.sgd(lr)
-    g, _ = hg.unrolled(train, val, w_star, lam, inner, inner.init(w_star), steps=steps)
+    g, _ = hg.unrolled(train, val, w_star, lam, inner, inner.init(w_star), inner_steps=steps)
     errors.append(abs(float(g[0]) - exact) / abs(exact))
   assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-6
   g_fo, _ = hg.first_order(train, val, w_star, lam)
   assert float(g_fo[0]) == 0.0 and exact != 0.0  # L_val does not depend on lam directly
   g_remat, _ = hg.unrolled(train, val, w_star, lam, optax.sgd(lr), optax.sgd(lr).init(w_star),
-                           steps=10, remat=True)
+                           inner_steps=10, remat=True)
   g_plain, _ = hg.unrolled(train, val, w_star, lam, optax.sgd(lr), optax.sgd(lr).init(w_star),
-                           steps=10)
+                           inner_steps=10)
   np.testing.assert_allclose(g_remat, g_plain, rtol=1e-12)
 
 
@@ -120,6 +141,7 @@ def test_neumann_approaches_cg_and_cg_reports_non_convergence(x64):
 # ---- building blocks against dense Hessians ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_hvp_and_mixed_hvp_against_dense_hessian(x64):
   rng = np.random.default_rng(3)
   w = {'a': jnp.asarray(rng.normal(size=(3, 2))), 'b': jnp.asarray(rng.normal(size=2))}
@@ -127,7 +149,7 @@ def test_hvp_and_mixed_hvp_against_dense_hessian(x64):
   x = jnp.asarray(rng.normal(size=(5, 3)))
 
   def f(w, alpha):
-    h = jnp.tanh(x @ w['a'] + w['b'])
+    h = jnp.tanh(x @ w['a'] + w['b'][None, :])
     return jnp.sum(jax.nn.softmax(alpha['k'])[:2] * h**2) + jnp.sum(alpha['k'] ** 3) * jnp.sum(h)
 
   v = {'a': jnp.asarray(rng.normal(size=(3, 2))), 'b': jnp.asarray(rng.normal(size=2))}
@@ -155,8 +177,8 @@ def test_cosine_and_relative_error():
 def test_bad_inputs_have_clear_errors():
   w, a = jnp.array(-2.0), jnp.array(2.0)
   inner = optax.sgd(0.1, momentum=0.9)
-  with pytest.raises(ValueError, match='steps=0: .* must be an integer >= 1'):
-    hg.unrolled(toy_train, toy_val, w, a, inner, inner.init(w), steps=0)
+  with pytest.raises(ValueError, match='inner_steps=0: .* must be an integer >= 1'):
+    hg.unrolled(toy_train, toy_val, w, a, inner, inner.init(w), inner_steps=0)
   with pytest.raises(ValueError, match='r=0.0: the finite-difference scale must be > 0'):
     hg.finite_difference(toy_train, toy_val, w, a, inner, inner.init(w), xi=0.1, r=0.0)
   with pytest.raises(ValueError, match='w and v must be pytrees of the same structure'):
@@ -165,8 +187,13 @@ def test_bad_inputs_have_clear_errors():
     hg.first_order(toy_train, toy_val, jnp.array(np.nan), a)
   with pytest.raises(ValueError, match='inner_state does not belong to this inner optimiser'):
     hg.unrolled(toy_train, toy_val, w, a, inner, optax.adam(0.1).init(w))
-  with pytest.raises(ValueError, match="unknown hypergradient method 'second'; allowed: "):
-    hg.hypergradient('second', toy_train, toy_val, w, a)
+  with pytest.raises(ValueError, match="estimator='second' is unknown; allowed: first_order, "
+                                       "exact, finite_difference, unrolled, implicit"):
+    hg.make_estimator('second')
+  with pytest.raises(ValueError, match="estimator='exact' steps the inner optimiser: give inner="):
+    hg.make_estimator('exact')
+  with pytest.raises(ValueError, match='implicit_damping=-1: must be >= 0'):
+    hg.make_estimator('implicit', implicit_damping=-1)
   with pytest.raises(ValueError, match="solver='lu': must be 'cg' or 'neumann'"):
     hg.implicit(toy_train, toy_val, w, a, solver='lu')
 
@@ -174,6 +201,7 @@ def test_bad_inputs_have_clear_errors():
 # ---- exact second order through a real (tiny) search network -------------------------------
 
 
+@pytest.mark.slow
 def test_unrolled_matches_central_differences_on_a_tiny_supernet(x64):
   from darts_jax.supernet import SupernetConfig, init_alphas, init_supernet, make_loss
   config = SupernetConfig(C=2, layers=3, primitives=('none', 'max_pool_3x3', 'skip_connect',
@@ -197,7 +225,7 @@ def test_unrolled_matches_central_differences_on_a_tiny_supernet(x64):
   @jax.jit
   def exact(a, data):
     train_loss, val_loss = losses(data)
-    return hg.unrolled(train_loss, val_loss, data[0], a, inner, data[1])[0]
+    return hg.second_order(train_loss, val_loss, data[0], a, inner, data[1])[0]
 
   @jax.jit
   def objective(a, data):  # L_val(w'(a), a) with the same virtual step, computed forward only

@@ -1,12 +1,36 @@
-"""Evaluation networks: drop path, auxiliary head, modes and input checks."""
+"""Evaluation networks: the published parameter counts, drop path, auxiliary head, modes and
+input checks."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from darts_jax.genotypes import DARTS_V2, Genotype
+from darts_jax.genotypes import DARTS_V1, DARTS_V2, Genotype
 from darts_jax.networks import EvalCell, NetworkCIFAR, NetworkImageNet
+from darts_jax.ops import init
+
+
+def _count(model, size):
+  x = jnp.zeros((2, size, size, 3))
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, True))
+  return init.num_params(shapes['params'])
+
+
+@pytest.mark.parametrize('genotype,without_aux,with_aux', [
+    (DARTS_V2, 3_349_342, 3_825_768), (DARTS_V1, 3_169_414, 3_645_840)])
+def test_network_cifar_has_the_originals_parameter_count(genotype, without_aux, with_aux):
+  """The original's counts (shared/REFERENCE.md; DARTS_V2 is the paper's 3.3M), which also pin
+  the auxiliary head to the output of cell 2 * layers // 3."""
+  for aux, count in ((False, without_aux), (True, with_aux)):
+    assert _count(NetworkCIFAR(36, 10, 20, aux, genotype), 32) == count
+
+
+@pytest.mark.parametrize('genotype,without_aux,with_aux', [
+    (DARTS_V2, 4_718_752, 5_979_528), (DARTS_V1, 4_510_432, 5_771_208)])
+def test_network_imagenet_has_the_originals_parameter_count(genotype, without_aux, with_aux):
+  for aux, count in ((False, without_aux), (True, with_aux)):
+    assert _count(NetworkImageNet(48, 1000, 14, aux, genotype), 224) == count
 
 
 def _cell(normal):
@@ -43,14 +67,22 @@ def test_drop_path_drops_whole_samples_and_rescales():
 def test_auxiliary_head_in_training_only():
   model = NetworkCIFAR(4, 10, 5, True, DARTS_V2)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
-  variables = jax.jit(lambda: model.init(jax.random.PRNGKey(1), x, True))()
-  logits, aux = model.apply(variables, x, False)
-  assert logits.shape == (2, 10) and aux is None
-  (logits_t, aux_t), _ = model.apply(variables, x, True, mutable=['batch_stats'])
-  assert aux_t.shape == (2, 10) and np.all(np.isfinite(aux_t))
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(1), x, True))
+  variables = init.torch_default_init(jax.random.PRNGKey(1), shapes)
   # initialised in evaluation mode, the auxiliary head still gets its weights
-  eval_init = jax.jit(lambda: model.init(jax.random.PRNGKey(1), x, False))()
-  assert jax.tree_util.tree_structure(eval_init) == jax.tree_util.tree_structure(variables)
+  eval_shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(1), x, False))
+  assert jax.tree_util.tree_structure(eval_shapes) == jax.tree_util.tree_structure(shapes)
+  logits, aux = jax.jit(lambda v: model.apply(v, x, False))(variables)
+  assert logits.shape == (2, 10) and aux is None
+  train = jax.jit(lambda v: model.apply(v, x, True, mutable=['batch_stats'])[0])
+  logits_t, aux_t = train(variables)
+  # the head's classifier bias moves the auxiliary logits one for one, and the logits not at all
+  aux_bias = "['params']['aux']['classifier']['bias']"
+  shifted = jax.tree_util.tree_map_with_path(
+      lambda path, a: a + 1.0 if jax.tree_util.keystr(path) == aux_bias else a, variables)
+  logits_s, aux_s = train(shifted)
+  np.testing.assert_array_equal(logits_s, logits_t)
+  np.testing.assert_allclose(aux_s, aux_t + 1.0, rtol=1e-6)
   no_aux = NetworkCIFAR(4, 10, 5, False, DARTS_V2)
   assert 'aux' not in jax.eval_shape(lambda: no_aux.init(jax.random.PRNGKey(1), x, True))['params']
 
@@ -59,7 +91,8 @@ def test_input_checks():
   with pytest.raises(ValueError, match='input image 30x30 .* multiples of 4'):
     jax.eval_shape(lambda: NetworkCIFAR(4, 10, 5, False, DARTS_V2).init(
         jax.random.PRNGKey(0), jnp.zeros((2, 30, 30, 3))))
-  with pytest.raises(ValueError, match='auxiliary head needs a map that pools to 2x2, got a 4x4 map'):
+  with pytest.raises(ValueError,
+                     match='auxiliary head needs a map that pools to 2x2, got a 4x4 map'):
     jax.eval_shape(lambda: NetworkCIFAR(4, 10, 5, True, DARTS_V2).init(
         jax.random.PRNGKey(0), jnp.zeros((2, 16, 16, 3)), True))
   with pytest.raises(ValueError, match='NetworkImageNet needs an even C .* got C=5'):
@@ -106,8 +139,15 @@ def test_bad_drop_path_and_concat():
 
 
 def test_imagenet_forward_small_input():
+  """Evaluation mode normalises with the running statistics: each sample's logits are its own,
+  whatever else is in the batch (batch statistics would mix the samples)."""
   model = NetworkImageNet(8, 7, 3, False, DARTS_V2)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
-  variables = jax.jit(lambda: model.init(jax.random.PRNGKey(1), x))()
-  logits, aux = model.apply(variables, x)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(1), x))
+  forward = jax.jit(lambda v, x: model.apply(v, x))
+  variables = init.torch_default_init(jax.random.PRNGKey(1), shapes)
+  logits, aux = forward(variables, x)
   assert logits.shape == (2, 7) and aux is None and np.all(np.isfinite(logits))
+  other, _ = forward(variables, x.at[1].set(3.0 * x[1]))
+  np.testing.assert_allclose(other[0], logits[0], rtol=1e-6)
+  assert not np.allclose(other[1], logits[1])

@@ -3,12 +3,15 @@ equal the single-device steps with the same global batch; per-device BatchNorm e
 single-device loss run per shard and averaged; sharded weights change nothing; bf16 mixed
 precision stays near float32 with float32 master weights; no recompilation on later calls."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from darts_jax import hypergradient as hg
 from darts_jax import parallel
+from darts_jax import run_config
 from darts_jax import search as S
 from darts_jax import train as T
 from darts_jax.genotypes import DARTS_V2
@@ -20,10 +23,10 @@ DEVICES = 4
 BATCH = 8
 # a supernet small enough to compile in seconds: 2 cells (both reductions) of 2 nodes, C=2, 3
 # ops that cover pooling + BN, identity and a separable convolution with its BNs
-NET = SupernetConfig(C=2, layers=2, steps=2, multiplier=2,
+NET = SupernetConfig(C=2, layers=2, nodes=2, multiplier=2,
                      primitives=('max_pool_3x3', 'skip_connect', 'sep_conv_3x3'))
 # the per-device float64 exact test compiles twice in float64: one node, two ops with BNs
-NET_1NODE = SupernetConfig(C=2, layers=2, steps=1, multiplier=1,
+NET_1NODE = SupernetConfig(C=2, layers=2, nodes=1, multiplier=1,
                            primitives=('max_pool_3x3', 'sep_conv_3x3'))
 IMAGE = (8, 8)
 
@@ -32,6 +35,13 @@ def _mesh(n):
   if len(jax.devices()) < n:
     pytest.skip(f'needs {n} devices (conftest sets 4 simulated CPU devices)')
   return parallel.make_mesh(n)
+
+
+def _traced_once(calls_per_trace: int):
+  """An identity preprocess that raises if the step using it is traced a second time (a
+  recompile): the step calls it ``calls_per_trace`` times per trace."""
+  chex.clear_trace_counter()  # chex counts by the definition site: each new step starts at 0
+  return chex.assert_max_traces(lambda key, images: images, n=calls_per_trace)
 
 
 def _batches(seed, n=2, dtype=np.float32):
@@ -53,7 +63,8 @@ def _run_search(hp, loss, mesh, sharded_fields=(), min_size=parallel.MIN_SHARDED
   jitted function and the placed state."""
   state = _search_state(hp, dtype, net)
   shardings = parallel.state_sharding(state, mesh, sharded_fields, min_size)
-  step = S.jit_search_step(hp, loss, mesh, state_sharding=shardings)
+  # the identity preprocess is called for the train and the val batch of each trace
+  step = S.jit_search_step(hp, loss, mesh, _traced_once(2), state_sharding=shardings)
   state = parallel.place(state, shardings)
   feed = parallel.BatchFeed(mesh, BATCH)
   batches = _batches(0, steps, dtype)
@@ -64,17 +75,18 @@ def _run_search(hp, loss, mesh, sharded_fields=(), min_size=parallel.MIN_SHARDED
 
 
 def _assert_trees_close(a, b, rtol=2e-5, atol=2e-6):
-  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+  chex.assert_trees_all_close(a, b, rtol=rtol, atol=atol)
 
 
+@pytest.mark.slow
 def test_sharded_exact_search_step_equals_one_device():
   hp = S.SearchHParams(estimator='exact', steps_per_epoch=4, epochs=2)
   loss = make_loss(NET)
   one, _, _ = _run_search(hp, loss, _mesh(1))
   four, step, _ = _run_search(hp, loss, _mesh(DEVICES))
   _assert_trees_close(four, one)
-  assert step._cache_size() == 1  # the second call reused the first call's executable
+  # the second call reused the first call's executable: a retrace would have raised in the
+  # preprocess (_traced_once)
   assert int(four.step) == 2 and int(four.nonfinite_step) == -1
 
 
@@ -100,6 +112,7 @@ def _per_shard_loss(loss, groups, batch_argnum=3):
   return mean_loss
 
 
+@pytest.mark.slow
 def test_per_device_batch_norm_equals_per_shard_steps_averaged(x64):
   # float64: BN over a 2-image shard of 2x2 maps divides by a small-sample variance, which
   # amplifies float32 round-off to ~1e-5 after two exact steps; in float64 the two agree to 1e-10
@@ -146,7 +159,7 @@ def _run_train(hp, mesh, loss=None, sharded_fields=(), steps=2, dtype=jnp.float3
   model = _train_model()
   state = T.init_train_state(hp, model, jax.random.PRNGKey(3), IMAGE, dtype=dtype)
   shardings = parallel.state_sharding(state, mesh, sharded_fields, min_size=1)
-  step = T.jit_train_step(hp, model, mesh, loss=loss, state_sharding=shardings)
+  step = T.jit_train_step(hp, model, mesh, _traced_once(1), loss=loss, state_sharding=shardings)
   state = parallel.place(state, shardings)
   feed = parallel.BatchFeed(mesh, BATCH)
   for x, y in _batches(4, steps, dtype)[:steps]:
@@ -154,18 +167,19 @@ def _run_train(hp, mesh, loss=None, sharded_fields=(), steps=2, dtype=jnp.float3
   return parallel.to_host(state), step, state
 
 
+@pytest.mark.slow
 def test_sharded_train_step_equals_one_device_with_drop_path_and_sharded_weights():
   # one step per epoch over 2 epochs: the second step drops paths with p = 0.1
   hp = T.TrainHParams(epochs=2, steps_per_epoch=1, drop_path_prob=0.2)
   one, _, _ = _run_train(hp, _mesh(1))
-  four, step, placed = _run_train(hp, _mesh(DEVICES), sharded_fields=('params', 'opt_state'))
-  _assert_trees_close(four, one)
-  assert step._cache_size() == 1
+  four, step, placed = _run_train(hp, _mesh(DEVICES), sharded_fields=('weights', 'opt_state'))
+  _assert_trees_close(four, one)  # and no recompile: _traced_once(1) would have raised
   # the weights really are split: some leaf lives in quarters on the 4 devices
-  specs = [x.sharding.spec for x in jax.tree_util.tree_leaves(placed.params)]
+  specs = [x.sharding.spec for x in jax.tree_util.tree_leaves(placed.weights)]
   assert any('data' in spec for spec in specs)
 
 
+@pytest.mark.slow
 def test_per_device_batch_norm_in_training_equals_per_shard_steps_averaged(x64):
   hp = T.TrainHParams(epochs=2, steps_per_epoch=1, drop_path_prob=0.0)
   model, mesh = _train_model(), _mesh(DEVICES)
@@ -178,19 +192,20 @@ def test_per_device_batch_norm_in_training_equals_per_shard_steps_averaged(x64):
   _assert_trees_close(per_device, reference, rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.slow
 def test_shard_weights_search_equals_replicated():
   hp = S.SearchHParams(estimator='first_order', steps_per_epoch=4, epochs=2)
   mesh = _mesh(DEVICES)
   loss = make_loss(NET)
   replicated, _, _ = _run_search(hp, loss, mesh)
   sharded, step, placed = _run_search(hp, loss, mesh, ('weights', 'w_opt_state'), min_size=1)
-  _assert_trees_close(sharded, replicated)
-  assert step._cache_size() == 1
+  _assert_trees_close(sharded, replicated)  # and no recompile (_traced_once)
   specs = [x.sharding.spec for x in jax.tree_util.tree_leaves(placed.weights)]
   assert any('data' in spec for spec in specs)
   assert all(x.sharding.is_fully_replicated for x in jax.tree_util.tree_leaves(placed.alphas))
 
 
+@pytest.mark.slow
 def test_bf16_mixed_precision_stays_near_float32_with_float32_master_weights():
   variables = init_supernet(jax.random.PRNGKey(0), NET, IMAGE)
   alphas = init_alphas(jax.random.PRNGKey(1), NET)
@@ -209,8 +224,8 @@ def test_bf16_mixed_precision_stays_near_float32_with_float32_master_weights():
   assert abs(float(l16) - float(l32)) <= 1e-3 * abs(float(l32))
   # the alpha gradient at initialisation on noise images is a small sum of cancelling terms:
   # measured relative error 0.19, cosine 0.986 (float32 mixing weights, float32 BN statistics)
-  assert float(S.hg.relative_error(g16, g32)) <= 0.3
-  assert float(S.hg.cosine_similarity(g16, g32)) >= 0.97
+  assert float(hg.relative_error(g16, g32)) <= 0.3
+  assert float(hg.cosine_similarity(g16, g32)) >= 0.97
 
   # a whole search step keeps float32 master weights, alphas, BN statistics and optimiser state
   hp = S.SearchHParams(estimator='first_order', steps_per_epoch=4, epochs=2)
@@ -251,6 +266,10 @@ def test_batch_feed_and_mesh_errors():
     feed(np.arange(4), x)
   with pytest.raises(ValueError, match=r'num_devices=9: this run has 4 device'):
     parallel.make_mesh(9)
+  parallel.check_batch_divisible(8, mesh)  # 8 = 4 x 2: no error
+  with pytest.raises(ValueError, match=r'batch_size=7 is not divisible by the number of devices '
+                                       r'\(4\)'):
+    parallel.check_batch_divisible(7, mesh)
   with pytest.raises(ValueError, match=r"batch_norm='sync': allowed: global, per_device"):
     parallel.check_batch_norm_mode('sync')
 
@@ -258,12 +277,11 @@ def test_batch_feed_and_mesh_errors():
 def test_resume_check_allows_another_device_count_and_runs_from_before_these_keys(tmp_path):
   import json
 
-  from darts_jax import runs
   from darts_jax.search_loop import MAY_DIFFER
   from experiments.configs.search import get_config
 
   cfg = get_config('tiny').to_dict()
-  check = lambda workdir, c: runs.check_workdir(str(tmp_path / workdir), c, MAY_DIFFER, True)
+  check = lambda workdir, c: run_config.check_workdir(str(tmp_path / workdir), c, MAY_DIFFER, True)
   assert not check('global', cfg)
   assert check('global', dict(cfg, num_devices=4, distributed=True))  # global BN: same result
   per_device = dict(cfg, batch_norm='per_device')
@@ -272,7 +290,7 @@ def test_resume_check_allows_another_device_count_and_runs_from_before_these_key
     check('per_device', dict(per_device, num_devices=4))  # the shards' BN statistics change
 
   # a run started before the scale-out keys existed resumes under their old behaviour only
-  old = {k: v for k, v in cfg.items() if k not in runs.SCALE_OUT_KEYS}
+  old = {k: v for k, v in cfg.items() if k not in run_config.SCALE_OUT_KEYS}
   (tmp_path / 'old').mkdir()
   (tmp_path / 'old' / 'config.json').write_text(json.dumps(old))
   assert check('old', cfg)

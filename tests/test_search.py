@@ -1,5 +1,5 @@
-"""The search step's pieces against closed forms: PyTorch's clipping, the per-epoch cosine
-schedule, the virtual step being the real optimiser, the alpha-then-weight order, the NaN guard."""
+"""The search step's pieces against closed forms: the per-epoch cosine schedule, the virtual step
+being the real optimiser, the alpha-then-weight order, the NaN guard, the estimator settings."""
 
 from typing import NamedTuple
 
@@ -11,16 +11,6 @@ import pytest
 
 from darts_jax import hypergradient as hg
 from darts_jax import search as S
-
-
-def test_torch_clip_closed_form():
-  g = {'a': jnp.array([3.0, 4.0]), 'b': jnp.array([12.0])}  # global norm 13
-  clipped, _ = S.clip_by_global_norm_torch(5.0).update(g, optax.EmptyState())
-  scale = 5.0 / (13.0 + 1e-6)
-  np.testing.assert_allclose(clipped['a'], np.array([3.0, 4.0]) * scale, rtol=1e-7)
-  np.testing.assert_allclose(clipped['b'], np.array([12.0]) * scale, rtol=1e-7)
-  small, _ = S.clip_by_global_norm_torch(20.0).update(g, optax.EmptyState())
-  np.testing.assert_array_equal(small['a'], g['a'])  # below the limit: untouched
 
 
 def test_cosine_schedule_is_constant_within_an_epoch():
@@ -70,7 +60,7 @@ def _loss_contract(train_loss, val_loss):
   def loss(weights, alphas, batch_stats, batch):
     images, labels = batch
     value = jnp.where(images[0, 0] > 0, train_loss(weights, alphas), val_loss(weights, alphas))
-    logits = jnp.zeros((labels.shape[0], 3)) + weights['x']
+    logits = jnp.zeros((labels.shape[0], 3)) + weights['x'][None, :]
     return value, _Aux(batch_stats, logits)
 
   return loss
@@ -81,6 +71,7 @@ class _Aux(NamedTuple):
   logits: jax.Array
 
 
+@pytest.mark.slow
 def test_step_is_alpha_first_then_weights_in_closed_form(x64):
   w, a, train_loss, val_loss = _quadratic_problem()
   loss = _loss_contract(train_loss, val_loss)
@@ -138,14 +129,31 @@ def test_metrics_reset_at_each_epoch():
   assert counts == [1, 2, 1, 2, 1]
 
 
-def test_bad_hparams_and_mesh_errors():
+def test_bad_hparams_are_one_line_errors():
   with pytest.raises(ValueError, match="estimator='second' is unknown; allowed: first_order"):
     S.SearchHParams(estimator='second')
   with pytest.raises(ValueError, match='unrolled_steps=0'):
     S.SearchHParams(unrolled_steps=0)
   with pytest.raises(ValueError, match='fd_r=0'):
     S.SearchHParams(fd_r=0)
-  mesh = S.make_mesh(1)
-  S.check_batch_divisible(7, mesh)
-  with pytest.raises(ValueError, match=r'num_devices=\d+: this run has \d+ device'):
-    S.make_mesh(len(jax.devices()) + 1)
+  with pytest.raises(ValueError, match="implicit_solver='lu': must be 'cg' or 'neumann'"):
+    S.SearchHParams(implicit_solver='lu')
+  with pytest.raises(ValueError, match='w_lr=0'):
+    S.SearchHParams(w_lr=0)
+
+
+def test_the_estimator_is_built_from_the_hparams():
+  """``search.hypergradient_estimator`` is ``make_estimator`` with the hparams' settings: the
+  unrolled depth reaches the estimator (K = 3 real SGD steps on L_train = 0.5 (w - a)^2, closed
+  form)."""
+  hp = S.SearchHParams(estimator='unrolled', unrolled_steps=3, w_momentum=0.0,
+                       w_weight_decay=0.0, w_lr=0.25, w_lr_min=0.25)
+  est = S.hypergradient_estimator(hp)
+  assert est.name == 'unrolled'
+  train = lambda w, a: 0.5 * jnp.sum((w - a) ** 2)
+  val = lambda w, a: jnp.sum(w)  # d L_val / d w_K = 1, no direct alpha term
+  w, a = jnp.array([2.0]), jnp.array([1.0])
+  inner = S.weight_inner_optimizer(hp)
+  g, _ = est.estimate(train, val, w, a, inner.init(w), 0.25)
+  # w_{k+1} = w_k - 0.25 (w_k - a): dw_K/da = 1 - 0.75^K
+  np.testing.assert_allclose(g, [1 - 0.75 ** 3], rtol=1e-6)

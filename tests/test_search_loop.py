@@ -11,7 +11,8 @@ import pytest
 
 from darts_jax import checkpoint as ckpt_lib
 from darts_jax.data import DataError
-from darts_jax.search_loop import NonFiniteError, run_search
+from darts_jax.run_loop import NonFiniteError
+from darts_jax.search_loop import run_search
 from experiments.configs.search import get_config
 from run_helpers import interrupt_after, latest_checkpoint, leaves
 from test_data import fake_batches, write_archive
@@ -30,12 +31,13 @@ def micro_config(data_dir, **overrides):
   """The tiny preset shrunk further: 2 cells of 2 nodes, C=2, 40 + 40 images, 2 epochs x 5."""
   c = get_config('tiny').to_dict()
   c.update(data_dir=data_dir, download=False, max_examples=0, layers=2, init_channels=2,
-           steps=2, multiplier=2, batch_size=8, estimator='first_order', log_every=1,
+           nodes=2, multiplier=2, batch_size=8, estimator='first_order', log_every=1,
            checkpoint_every=2, progress=False, plots=False)
   c.update(overrides)
   return c
 
 
+@pytest.mark.slow
 def test_tiny_search_runs_and_resumes_bitwise(data_dir, tmp_path, monkeypatch):
   config = micro_config(data_dir)
   full = run_search(config, str(tmp_path / 'full'), log=lambda s: None)
@@ -75,6 +77,7 @@ def test_tiny_search_runs_and_resumes_bitwise(data_dir, tmp_path, monkeypatch):
   assert (tmp_path / 'full' / 'config.json').read_text() == before
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(data_dir,
                                                                                tmp_path):
   # a learning rate of 1e30 overflows the weight gradients within a few steps
@@ -119,6 +122,17 @@ def test_cli_bad_input(tmp_path, args, message):
   assert message in result.stderr
   assert 'Traceback' not in result.stderr
   assert not (tmp_path / 'run').exists()
+
+
+def test_cli_unusable_workdir_fails_before_the_data_is_read(tmp_path):
+  # the paper preset would download CIFAR-10 first; the workdir is checked before that
+  empty = tmp_path / 'no_data'
+  empty.mkdir()
+  result = _cli(f'--config.data_dir={empty}', '--config.download=False', '--workdir=/dev/null/x')
+  assert result.returncode == 2, result.stderr
+  assert result.stderr.strip() == ("error: workdir='/dev/null/x' cannot be created: /dev/null is "
+                                   'not a directory')
+  assert not list(empty.iterdir())
 
 
 def test_cli_batch_not_divisible_by_devices(data_dir, tmp_path):

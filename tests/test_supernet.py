@@ -1,14 +1,17 @@
 """The search network's contract: loss(weights, alphas, batch_stats, batch) -> (loss, aux)."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from darts_jax import ops
-from darts_jax.supernet import (SupernetConfig, edge_groups, init_alphas, init_supernet,
-                                make_apply, make_loss, num_params, supernet_shapes)
+from darts_jax.ops import registry
+from darts_jax.ops.init import num_params
+from darts_jax.supernet import (MixedEdges, SupernetConfig, check_image_size, edge_groups,
+                                init_alphas, init_supernet, make_apply, make_loss,
+                                reduction_layers, supernet_shapes)
 
 
 def _batch(n=4, size=8, seed=0):
@@ -24,13 +27,59 @@ def test_edge_groups_cover_every_edge_once():
   assert edges == [(o + j, i, j) for i, o in enumerate((0, 2, 5, 9)) for j in range(i + 2)]
 
 
+def test_reduction_layers_are_the_originals():
+  # at 1/3 and 2/3 of the depth: the paper's 8-cell search, 20-cell and 14-cell evaluations
+  assert reduction_layers(8) == (2, 5) and reduction_layers(20) == (6, 13)
+  assert reduction_layers(14) == (4, 9) and reduction_layers(5) == (1, 3)
+  assert reduction_layers(2) == (0, 1) and reduction_layers(1) == (0,)  # coinciding: one cell
+  assert SupernetConfig(layers=5).reduction_layers == (1, 3)
+
+
+@pytest.mark.parametrize('layers,C,count', [(8, 16, 1_930_618), (5, 16, 1_275_834),
+                                            (5, 8, 394_210)])
+def test_search_network_has_the_originals_parameter_count(layers, C, count):
+  """The original's counts (shared/REFERENCE.md), 2 x 14 x 8 = 224 alpha numbers."""
+  config = SupernetConfig(C=C, layers=layers)
+  assert num_params(supernet_shapes(config).weights) == count
+  assert config.alpha_shape == (14, 8)
+
+
+def test_mixed_edges_is_eq_2_on_each_edge(x64):
+  """sum_k softmax(alpha)_k op_k(x), edge by edge, with a parameter-free op space."""
+
+  class Double(nn.Module):
+    def __call__(self, x, train):
+      return 2 * x
+
+  ops = registry.make_op_registry(
+      {'double': registry.single_edge_op(lambda c, stride, affine, name: Double(name=name))})
+  rng = np.random.default_rng(0)
+  c, e = 2, 3
+  x = rng.normal(size=(2, 4, 4, e * c))
+  mixing = rng.dirichlet(np.ones(3), size=e)  # (edges, ops)
+  module = MixedEdges(c, e, 1, ('none', 'skip_connect', 'double'), ops, 'auto')
+  y = np.asarray(module.apply({}, jnp.asarray(x), jnp.asarray(mixing), True))
+  for edge in range(e):
+    x_e = x[..., edge * c:(edge + 1) * c]
+    np.testing.assert_allclose(y[..., edge, :],
+                               mixing[edge, 1] * x_e + mixing[edge, 2] * 2 * x_e, rtol=1e-12)
+
+
+def test_check_image_size_names_the_network_by_keyword_only():
+  with pytest.raises(TypeError):
+    check_image_size((1, 8, 8, 3), 1, 3, 'NetworkCIFAR')  # a dtype once landed there
+  with pytest.raises(ValueError, match="input image 6x6 .* for the NetworkCIFAR's 2 reductions"):
+    check_image_size((1, 6, 6, 3), 2, 3, what='NetworkCIFAR')
+  check_image_size((1, 8, 8, 3), 2, 3, what='NetworkCIFAR')
+
+
 def test_bad_alphas_and_images_have_clear_errors():
   config = SupernetConfig(C=2, layers=3)
   shapes = supernet_shapes(config, (8, 8))
   loss = make_loss(config)
   good = init_alphas(jax.random.PRNGKey(0), config)
   with pytest.raises(ValueError, match=r"alphas\['reduce'\] has shape \(14, 7\); expected "
-                                       r'\(14, 8\) \(4 steps, ops none, max_pool_3x3'):
+                                       r'\(14, 8\) \(4 nodes, ops none, max_pool_3x3'):
     jax.eval_shape(loss, shapes.weights, {**good, 'reduce': jnp.zeros((14, 7))},
                    shapes.batch_stats, _batch())
   with pytest.raises(ValueError, match="keys 'normal' and 'reduce', got \\['normal'\\]"):
@@ -46,6 +95,8 @@ def test_bad_alphas_and_images_have_clear_errors():
     SupernetConfig(primitives=('none', 'sep_conv_9x9'))
   with pytest.raises(ValueError, match='SupernetConfig.C=0: must be a positive integer'):
     SupernetConfig(C=0)
+  with pytest.raises(ValueError, match='SupernetConfig.multiplier=5 exceeds nodes=4'):
+    SupernetConfig(multiplier=5)
 
 
 def test_op_subset_parameter_count_closed_form():
@@ -69,13 +120,15 @@ def _numpy_conv3x3(x, k):
              for i in range(3) for j in range(3))
 
 
+@pytest.mark.slow
 def test_loss_contract_batch_stats_and_no_recompile(x64):
   config = SupernetConfig(C=2, layers=3)
   variables = init_supernet(jax.random.PRNGKey(0), config, (8, 8), jnp.float64)
   alphas = init_alphas(jax.random.PRNGKey(1), config, jnp.float64)
   x, y = _batch()
   x = x.astype(jnp.float64)
-  loss_fn = jax.jit(make_loss(config))
+  chex.clear_trace_counter()
+  loss_fn = jax.jit(chex.assert_max_traces(make_loss(config), n=1))
   loss, aux = loss_fn(variables.weights, alphas, variables.batch_stats, (x, y))
   logits = np.asarray(aux.logits)
   log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
@@ -87,15 +140,15 @@ def test_loss_contract_batch_stats_and_no_recompile(x64):
   n = stem.shape[0] * stem.shape[1] * stem.shape[2]
   np.testing.assert_allclose(aux.batch_stats['stem_bn']['var'],
                              0.9 + 0.1 * stem.var((0, 1, 2)) * n / (n - 1), rtol=1e-10)
-  # a second call with new values reuses the compiled step
+  # a second call with new values reuses the compiled step (a second trace would raise)
   loss_fn(variables.weights, jax.tree_util.tree_map(lambda a: a + 1, alphas), aux.batch_stats,
           (x + 1, y))
-  assert loss_fn._cache_size() == 1
   # evaluation mode uses the running statistics and leaves them unchanged
   logits_eval, stats = make_apply(config)(variables.weights, alphas, aux.batch_stats, x, False)
   assert stats is aux.batch_stats
   with pytest.raises(ValueError, match=r'labels must be integer class indices of shape \(4,\)'):
-    loss_fn(variables.weights, alphas, variables.batch_stats, (x, y.astype(jnp.float64)))
+    jax.eval_shape(make_loss(config), variables.weights, alphas, variables.batch_stats,
+                   (x, y.astype(jnp.float64)))
 
 
 def test_user_op_joins_the_search():
@@ -106,12 +159,12 @@ def test_user_op_joins_the_search():
 
     @nn.compact
     def __call__(self, x, train):
-      return x[:, ::self.stride, ::self.stride] * self.param('a', nn.initializers.ones, (self.c,))
+      a = self.param('a', nn.initializers.ones, (self.c,))
+      return x[:, ::self.stride, ::self.stride] * a[None, None, None, :]
 
-  registry = ops.make_op_registry(
-      {'scale': ops.single_edge_op(lambda c, stride, affine, name: Scale(c, stride, name=name))})
-  config = SupernetConfig(C=2, layers=3, primitives=('none', 'skip_connect', 'scale'),
-                          ops=registry)
+  scale = registry.single_edge_op(lambda c, stride, affine, name: Scale(c, stride, name=name))
+  ops = registry.make_op_registry({'scale': scale})
+  config = SupernetConfig(C=2, layers=3, primitives=('none', 'skip_connect', 'scale'), ops=ops)
   variables = init_supernet(jax.random.PRNGKey(0), config, (8, 8))
   scale_leaves = [x for path, x in jax.tree_util.tree_flatten_with_path(variables.weights)[0]
                   if path[-1].key == 'a']

@@ -14,8 +14,7 @@ import pytest
 
 from darts_jax import checkpoint as ckpt_lib
 from darts_jax import data as data_lib
-from darts_jax import interop, runs
-from darts_jax import train as T
+from darts_jax import interop, run_loop
 from darts_jax.genotypes import DARTS_V1, DARTS_V2, load_genotype
 from darts_jax.networks import NetworkCIFAR
 from darts_jax.train_loop import (evaluate_checkpoint, param_counts, run_train, _eval_batches)
@@ -42,6 +41,7 @@ def micro_config(data_dir, **overrides):
   return c
 
 
+@pytest.mark.slow
 def test_tiny_training_runs_resumes_bitwise_and_evaluates(data_dir, tmp_path, monkeypatch):
   config = micro_config(data_dir)
   logs = []
@@ -53,14 +53,14 @@ def test_tiny_training_runs_resumes_bitwise_and_evaluates(data_dir, tmp_path, mo
   assert epochs[1]['drop_path_prob'] == pytest.approx(0.2 * 1 / 2)  # 0.2 * epoch / epochs
   assert epochs[0]['lr'] == pytest.approx(0.025) and epochs[1]['lr'] == pytest.approx(0.0125)
   assert any(f.startswith('events') for f in os.listdir(tmp_path / 'full' / 'tensorboard'))
-  without, with_aux = param_counts(full.state.params)
+  without, with_aux = param_counts(full.state.weights)
   assert f'parameters: {without:,} ({with_aux:,} with the auxiliary head)' in logs
   assert (tmp_path / 'full' / 'genotype.txt').read_text().strip() == DARTS_V2.to_string()
 
   # the test evaluation over all 17 test images (one padded batch of 16 + 1), by hand
   test = data_lib.load_dataset('cifar10', 'test', data_dir, False)
   model = NetworkCIFAR(2, 10, 3, True, DARTS_V2)
-  logits, aux = model.apply({'params': full.state.params, 'batch_stats': full.state.batch_stats},
+  logits, aux = model.apply({'params': full.state.weights, 'batch_stats': full.state.batch_stats},
                             data_lib.normalize(test.images, test.mean, test.std), False)
   assert aux is None  # no auxiliary head in evaluation
   logp = np.asarray(jax.nn.log_softmax(np.asarray(logits, np.float64)))
@@ -78,9 +78,9 @@ def test_tiny_training_runs_resumes_bitwise_and_evaluates(data_dir, tmp_path, mo
   assert last['loss'] == pytest.approx(epochs[-1]['test_loss'], abs=1e-5)
 
   # the original's weights (here: ours written in its names) evaluate to the same numbers
-  named = interop.to_original({'params': full.state.params, 'batch_stats': full.state.batch_stats})
+  named = interop.to_original({'params': full.state.weights, 'batch_stats': full.state.batch_stats})
   np.savez(tmp_path / 'original.npz', **named)
-  released = evaluate_checkpoint(config, weights=str(tmp_path / 'original.npz'),
+  released = evaluate_checkpoint(config, weights_file=str(tmp_path / 'original.npz'),
                                  log=lambda s: None)
   assert released['loss'] == pytest.approx(last['loss'], abs=1e-6)
 
@@ -98,9 +98,11 @@ def test_tiny_training_runs_resumes_bitwise_and_evaluates(data_dir, tmp_path, mo
       records)
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
   config = micro_config(data_dir, lr=1e30, checkpoint_every=1, epochs=1)
-  with pytest.raises(runs.NonFiniteError, match=r'non-finite loss or gradient at step (\d+)') as e:
+  with pytest.raises(run_loop.NonFiniteError,
+                     match=r'non-finite loss or gradient at step (\d+)') as e:
     run_train(config, str(tmp_path / 'run'), log=lambda s: None)
   bad = int(str(e.value).split('at step ')[1].split()[0])
   checkpoints = ckpt_lib.Checkpoints(str(tmp_path / 'run' / 'checkpoints'))
@@ -111,37 +113,6 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_p
              if np.issubdtype(v.dtype, np.floating))
 
 
-def test_auxiliary_loss_only_in_training():
-  model = NetworkCIFAR(2, 10, 3, True, DARTS_V2)
-  hp = T.TrainHParams(epochs=4, steps_per_epoch=1)
-  state = T.init_train_state(hp, model, jax.random.PRNGKey(0))
-  rng = np.random.default_rng(0)
-  images = jnp.asarray(rng.normal(size=(4, 32, 32, 3)), jnp.float32)
-  labels = jnp.asarray([1, 2, 3, 4])
-  variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  (logits, aux), _ = model.apply(variables, images, True, mutable=['batch_stats'])
-  ce = lambda z: -jnp.mean(jax.nn.log_softmax(z)[jnp.arange(4), labels])
-  loss, _ = T.make_train_loss(model, 0.4)(state.params, state.batch_stats, (images, labels),
-                                          jax.random.PRNGKey(1), 0.0)
-  assert float(loss) == pytest.approx(float(ce(logits) + 0.4 * ce(aux)), rel=1e-6)
-  assert float(ce(aux)) > 0.1  # the head contributes
-  sums = T.eval_step(model, state.params, state.batch_stats, images, labels, jnp.ones(4))
-  eval_logits, eval_aux = model.apply(variables, images, False)
-  assert eval_aux is None
-  assert float(sums['loss']) == pytest.approx(4 * float(ce(eval_logits)), rel=1e-6)
-
-
-def test_cutout_in_training_cuts_the_expected_area():
-  # centre uniform over the 32 rows, side 16 clipped at the borders: the mean cut length per
-  # axis is (sum_{y<8} (y+8) + 17 * 16 + sum_{y>24} (40-y)) / 32 = 448 / 32 = 14
-  images = jnp.ones((4000, 32, 32, 1))
-  cut = np.asarray(data_lib.cutout(jax.random.PRNGKey(0), images, 16))
-  area = (cut == 0).sum((1, 2, 3))
-  assert area.mean() == pytest.approx(14 ** 2, rel=0.03)
-  assert area.max() == 256 and area.min() >= 64  # a full square, or a corner quarter of it
-  assert set(np.unique(cut)) == {0.0, 1.0}  # untouched pixels stay as they were
-
-
 def test_eval_batches_cover_every_example_once():
   index, mask = _eval_batches(17, 8)
   assert index.shape == mask.shape == (3, 8)
@@ -149,6 +120,8 @@ def test_eval_batches_cover_every_example_once():
 
 
 def test_param_counts_are_the_published_ones():
+  """The count printed at the start: the original's (without the auxiliary head) and ours with
+  it, for the paper's DARTS_V2 and DARTS_V1 networks (3.3M published)."""
   for genotype, without, with_aux in ((DARTS_V2, 3_349_342, 3_825_768),
                                       (DARTS_V1, 3_169_414, 3_645_840)):
     shapes = jax.eval_shape(lambda: NetworkCIFAR(36, 10, 20, True, genotype).init(

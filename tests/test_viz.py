@@ -15,7 +15,7 @@ pytest.importorskip('matplotlib')
 from matplotlib import image as mpimg  # noqa: E402
 
 from darts_jax import viz  # noqa: E402
-from darts_jax.genotypes import DARTS_V2, PRIMITIVES  # noqa: E402
+from darts_jax.genotypes import DARTS_V2, PRIMITIVES, mixing_weights  # noqa: E402
 
 EDGE = re.compile(r'^\s*("?)([^"]+?)\1 -> ("?)([^"]+?)\3(?: \[(.*)\])?$')
 NODE = re.compile(r'^\s*("?)([^"]+?)\1 \[.*\]$')
@@ -37,9 +37,7 @@ def parse_source(source):
 
 
 def softmaxed(rng, shape):
-  a = rng.normal(size=shape)
-  e = np.exp(a - a.max(axis=-1, keepdims=True))
-  return e / e.sum(axis=-1, keepdims=True)
+  return mixing_weights({'cell': rng.normal(size=shape)})['cell']
 
 
 def test_darts_v2_normal_cell_graph():
@@ -140,11 +138,11 @@ def _read_png(path):
 
 def test_heatmaps_png(tmp_path):
   rng = np.random.default_rng(0)
-  alphas = {'normal': softmaxed(rng, (14, 8)), 'reduce': softmaxed(rng, (14, 8))}
-  viz.plot_alpha_heatmaps(alphas, PRIMITIVES, tmp_path / 'h' / 'both.png', title='epoch 0')
+  mixing = {'normal': softmaxed(rng, (14, 8)), 'reduce': softmaxed(rng, (14, 8))}
+  viz.plot_alpha_heatmaps(mixing, PRIMITIVES, tmp_path / 'h' / 'both.png', title='epoch 0')
   both = _read_png(tmp_path / 'h' / 'both.png')
   assert both.ndim == 3 and both.shape[2] == 4
-  viz.plot_alpha_heatmaps({'normal': alphas['normal']}, PRIMITIVES, tmp_path / 'one.png')
+  viz.plot_alpha_heatmaps({'normal': mixing['normal']}, PRIMITIVES, tmp_path / 'one.png')
   one = _read_png(tmp_path / 'one.png')
   assert both.shape[1] > 1.5 * one.shape[1]  # the cells sit side by side
 
@@ -165,7 +163,7 @@ def test_shape_errors(tmp_path):
   rng = np.random.default_rng(2)
   good = softmaxed(rng, (14, 8))
   path = tmp_path / 'x.png'
-  msg = r"alphas\['reduce'\] has shape \(14, 7\); expected \(E, 8\)"
+  msg = r"mixing\['reduce'\] has shape \(14, 7\); expected \(E, 8\)"
   with pytest.raises(ValueError, match=msg):
     viz.plot_alpha_heatmaps({'normal': good, 'reduce': good[:, :7]}, PRIMITIVES, path)
   with pytest.raises(ValueError, match=r'\(13, 8\).*13 edges is no cell'):

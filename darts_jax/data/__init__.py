@@ -10,12 +10,13 @@ import pathlib
 from darts_jax.data.cifar10 import load_cifar10
 from darts_jax.data.digits import load_digits
 from darts_jax.data.pipeline import (DataError, Dataset, augment, cutout, cutout_mask,
-                                     epoch_order, normalize, search_split, steps_per_epoch)
+                                     epoch_order, normalize, search_split, steps_per_epoch,
+                                     subset)
 
 __all__ = [
     'DataError', 'Dataset', 'augment', 'cutout', 'cutout_mask', 'default_data_dir',
     'epoch_order', 'load_cifar10', 'load_dataset', 'load_digits', 'normalize', 'search_split',
-    'steps_per_epoch', 'DATASETS',
+    'steps_per_epoch', 'subset', 'DATASETS',
 ]
 
 DATASETS = ('cifar10', 'digits')

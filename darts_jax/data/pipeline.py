@@ -42,6 +42,11 @@ def _take(dataset: Dataset, index: slice) -> Dataset:
   return dataset._replace(images=dataset.images[index], labels=dataset.labels[index])
 
 
+def subset(dataset: Dataset, n: int) -> Dataset:
+  """The first ``n`` examples (0: all)."""
+  return _take(dataset, slice(0, n)) if n else dataset
+
+
 def search_split(dataset: Dataset, portion: float = 0.5) -> tuple[Dataset, Dataset]:
   """The original DARTS search split: the first ``floor(portion * N)`` examples train the
   weights, the rest the architecture. No shuffling, as in the original ``train_search.py``,
@@ -96,8 +101,9 @@ def _check_batch(images: jax.Array, where: str) -> None:
 
 
 def _normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
-  mean = jnp.asarray(mean, jnp.float32)
-  std = jnp.asarray(std, jnp.float32)
+  # per channel of an NHWC batch
+  mean = jnp.asarray(mean, jnp.float32).reshape(1, 1, 1, -1)
+  std = jnp.asarray(std, jnp.float32).reshape(1, 1, 1, -1)
   return (images.astype(jnp.float32) / 255.0 - mean) / std
 
 

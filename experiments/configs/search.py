@@ -12,6 +12,8 @@ real data, no download, a few minutes on 2 CPU cores).
 
 import ml_collections
 
+from darts_jax.search import SearchHParams
+from darts_jax.supernet import SupernetConfig
 from experiments.configs.scale_out import add_scale_out_keys
 
 PRESETS = ('paper', 'tiny', 'demo')
@@ -21,6 +23,8 @@ def get_config(preset: str = 'paper') -> ml_collections.ConfigDict:
   preset = preset or 'paper'
   if preset not in PRESETS:
     raise ValueError(f'unknown preset {preset!r}; allowed: {", ".join(PRESETS)}')
+  # the paper's values are set once, in the library's dataclasses; this file names the keys
+  paper, net = SearchHParams(), SupernetConfig()
   c = ml_collections.ConfigDict()
   c.preset = preset
   # data: cifar10 reads data_dir/cifar-10-python.tar.gz (data_dir '' -> $DARTS_JAX_DATA_DIR or
@@ -37,38 +41,40 @@ def get_config(preset: str = 'paper') -> ml_collections.ConfigDict:
 
   add_scale_out_keys(c, base_batch=64)  # devices, hosts, BN semantics, bf16, lr scaling
 
-  # supernet (the paper's search network)
-  c.init_channels = 16
-  c.layers = 8
-  c.steps = 4
-  c.multiplier = 4
-  c.stem_multiplier = 3
+  # supernet (the paper's search network: 8 cells, C=16, 4 intermediate nodes per cell)
+  c.init_channels = net.C
+  c.layers = net.layers
+  c.nodes = net.nodes
+  c.multiplier = net.multiplier
+  c.stem_multiplier = net.stem_multiplier
   c.primitives = ()  # () -> the 8 DARTS ops
 
-  # bilevel optimisation (train_search.py)
-  c.epochs = 50
+  # bilevel optimisation (train_search.py: 50 epochs, batch 64, SGD 0.025 cosine to 0.001,
+  # momentum 0.9, weight decay 3e-4, clip 5; Adam 3e-4, betas (0.5, 0.999), weight decay 1e-3)
+  c.epochs = paper.epochs
   c.batch_size = 64
-  c.w_lr = 0.025
-  c.w_lr_min = 0.001
-  c.w_momentum = 0.9
-  c.w_weight_decay = 3e-4
-  c.grad_clip = 5.0
-  c.alpha_lr = 3e-4
-  c.alpha_b1 = 0.5
-  c.alpha_b2 = 0.999
-  c.alpha_eps = 1e-8
-  c.alpha_weight_decay = 1e-3
-  # hypergradient: exact (second order, eq. 6 differentiated exactly), first_order,
-  # finite_difference (eq. 7), unrolled (K = unrolled_steps), implicit (IFT)
-  c.estimator = 'exact'
-  c.unrolled_steps = 2
-  c.remat = False
-  c.fd_r = 0.01
-  c.implicit_solver = 'cg'
-  c.implicit_maxiter = 20
-  c.implicit_damping = 1.0
-  c.neumann_terms = 20
-  c.neumann_lr = 0.01
+  c.w_lr = paper.w_lr
+  c.w_lr_min = paper.w_lr_min
+  c.w_momentum = paper.w_momentum
+  c.w_weight_decay = paper.w_weight_decay
+  c.grad_clip = paper.grad_clip
+  c.alpha_lr = paper.alpha_lr
+  c.alpha_b1 = paper.alpha_b1
+  c.alpha_b2 = paper.alpha_b2
+  c.alpha_eps = paper.alpha_eps
+  c.alpha_weight_decay = paper.alpha_weight_decay
+  # hypergradient (darts_jax.hypergradient.make_estimator): exact (second order, eq. 6
+  # differentiated exactly; the default), first_order, finite_difference (eq. 7), unrolled
+  # (K = unrolled_steps), implicit (IFT)
+  c.estimator = paper.estimator
+  c.unrolled_steps = paper.unrolled_steps
+  c.remat = paper.remat
+  c.fd_r = paper.fd_r
+  c.implicit_solver = paper.implicit_solver
+  c.implicit_maxiter = paper.implicit_maxiter
+  c.implicit_damping = paper.implicit_damping
+  c.neumann_terms = paper.neumann_terms
+  c.neumann_lr = paper.neumann_lr
 
   # what the run shows and keeps
   c.log_every = 10

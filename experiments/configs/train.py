@@ -13,6 +13,7 @@ download, a few minutes on 2 CPU cores).
 
 import ml_collections
 
+from darts_jax.train import TrainHParams
 from experiments.configs.scale_out import add_scale_out_keys
 
 PRESETS = ('paper', 'tiny', 'demo')
@@ -22,6 +23,8 @@ def get_config(preset: str = 'paper') -> ml_collections.ConfigDict:
   preset = preset or 'paper'
   if preset not in PRESETS:
     raise ValueError(f'unknown preset {preset!r}; allowed: {", ".join(PRESETS)}')
+  # the paper's optimisation values are set once, in the library's dataclass
+  paper = TrainHParams()
   c = ml_collections.ConfigDict()
   c.preset = preset
   # a published name (DARTS_V1, DARTS_V2), the original's string form, genotype JSON, or the
@@ -47,17 +50,18 @@ def get_config(preset: str = 'paper') -> ml_collections.ConfigDict:
   c.layers = 20
   c.stem_multiplier = 3
   c.auxiliary = True
-  c.auxiliary_weight = 0.4
-  c.drop_path_prob = 0.2  # reached linearly at the last epoch
+  c.auxiliary_weight = paper.auxiliary_weight
+  c.drop_path_prob = paper.drop_path_prob  # reached linearly at the last epoch
 
-  # optimisation (the original's train.py)
-  c.epochs = 600
+  # optimisation (the original's train.py: 600 epochs, batch 96, SGD 0.025 cosine to 0,
+  # momentum 0.9, weight decay 3e-4, clip 5)
+  c.epochs = paper.epochs
   c.batch_size = 96
-  c.lr = 0.025
-  c.lr_min = 0.0
-  c.momentum = 0.9
-  c.weight_decay = 3e-4
-  c.grad_clip = 5.0
+  c.lr = paper.lr
+  c.lr_min = paper.lr_min
+  c.momentum = paper.momentum
+  c.weight_decay = paper.weight_decay
+  c.grad_clip = paper.grad_clip
 
   # what the run shows and keeps
   c.eval_every = 1  # epochs between test-set evaluations (the last epoch is always evaluated)

@@ -1,12 +1,15 @@
-"""What every resumable run (search, training) does the same way: subsets, atomic writes, the
-progress bar, the non-finite guard's error, and keeping the last steps on the way out."""
+"""From a run's config to what it runs with, the same for every run (search, training,
+evaluation): checked integers, the float dtype, the hyperparameter dataclass, the execution
+(device mesh, processes, BatchNorm semantics, bf16) and the workdir guard.
+
+A config is a flat dict (``experiments/configs``); keys that only say how processes meet or
+what is shown may change when a run is resumed, the others must not.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import sys
-import time
 from typing import Callable, Mapping, NamedTuple
 
 import jax
@@ -14,57 +17,7 @@ import jax.numpy as jnp
 
 from darts_jax import checkpoint as ckpt_lib
 from darts_jax import parallel
-from darts_jax.data import Dataset
-from darts_jax.supernet import COMPUTE_DTYPES
-
-
-class NonFiniteError(RuntimeError):
-  """The loss or a gradient stopped being finite; the last good checkpoint is kept."""
-
-
-def subset(dataset: Dataset, n: int) -> Dataset:
-  """The first ``n`` examples (0: all)."""
-  return dataset._replace(images=dataset.images[:n], labels=dataset.labels[:n]) if n else dataset
-
-
-def write_atomic(path: str, text: str) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
-def progress(total: int, initial: int, desc: str, enabled: bool):
-  """A tqdm bar on stderr (rate and ETA), or a silent one."""
-  from tqdm.auto import tqdm
-  return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True,
-              leave=True, file=sys.stderr)
-
-
-def nonfinite_error(bad_step: int, steps_per_epoch: int, last_checkpoint: int | None,
-                    workdir: str) -> NonFiniteError:
-  return NonFiniteError(
-      f'non-finite loss or gradient at step {bad_step} (epoch {bad_step // steps_per_epoch + 1}); '
-      f'stopped. Last good checkpoint: '
-      f'{"none" if last_checkpoint is None else f"step {last_checkpoint}"} in '
-      f'{workdir}/checkpoints')
-
-
-def on_stop(error: BaseException, state, checkpoints, save: Callable[[], None],
-            log: Callable[[str], None]) -> None:
-  """Keeps the steps done since the last checkpoint when a run stops on an interruption or an
-  error (the caller re-raises). An interruption inside a step may leave the state's buffers
-  donated to a step that never finished; then the previous checkpoint is all there is. A
-  non-finite stop keeps the last good checkpoint as it is."""
-  if not isinstance(error, NonFiniteError):
-    try:
-      if checkpoints.latest_step() != int(state.step):
-        save()
-    except (RuntimeError, ValueError, NonFiniteError) as e:
-      log(f'could not checkpoint the state on the way out ({type(e).__name__}: {e})')
-  if isinstance(error, KeyboardInterrupt):
-    log(f'interrupted; last checkpoint: step {checkpoints.latest_step()}. Rerun the same '
-        'command to resume.')
+from darts_jax.losses import COMPUTE_DTYPES
 
 
 def check_int(cfg, name: str, minimum: int, meaning_of_zero: str = '') -> None:
@@ -107,6 +60,12 @@ BEFORE_SCALE_OUT = {'batch_norm': 'global', 'shard_weights': False, 'compute_dty
                     'lr_scaling': 'none'}
 # every config key the scale-out added (experiments/configs/scale_out.py, num_devices aside)
 SCALE_OUT_KEYS = tuple(BEFORE_SCALE_OUT) + ('lr_base_batch',) + PROCESS_KEYS
+# config keys an earlier version called otherwise (old -> new): its runs still resume
+RENAMED_KEYS = {'steps': 'nodes'}  # a cell's intermediate nodes
+# what may differ from a training run's own config when its checkpoint is evaluated: where the
+# data is, how much of it, on which devices and in which precision (and how processes meet)
+EVALUATION_KEYS = ('data_dir', 'download', 'max_test_examples', 'num_devices',
+                   'compute_dtype') + PROCESS_KEYS
 
 
 class Execution(NamedTuple):
@@ -166,29 +125,38 @@ def check_workdir(workdir: str, cfg: Mapping, may_differ: tuple[str, ...], main:
   if cfg['lr_scaling'] == 'none':
     may_differ += ('lr_base_batch',)  # unused then
   check = lambda write: ckpt_lib.check_run_config(  # noqa: E731
-      workdir, cfg, may_differ, write, absent_means=BEFORE_SCALE_OUT)
+      workdir, cfg, may_differ, write, absent_means=BEFORE_SCALE_OUT, renamed=RENAMED_KEYS)
   resumed = check(True) if main else False
   parallel.barrier('config')
   return resumed if main else check(False)
 
 
-def restore_latest(checkpoints, state, workdir: str, resumed: bool, steps_per_epoch: int,
-                   log: Callable[[str], None]):
-  """The latest checkpoint of the run in ``workdir`` if there is one, else ``state``."""
-  if checkpoints.latest_step() is not None:
-    state, _ = checkpoints.restore(state)
-    step = int(state.step)
-    log(f'resuming {workdir} from step {step} (epoch {step // steps_per_epoch + 1}, step '
-        f'{step % steps_per_epoch + 1} of {steps_per_epoch})')
-  elif resumed:
-    log(f'{workdir} has this run\'s config but no checkpoint: starting from step 0')
-  return state
+def check_workdir_usable(workdir: str) -> None:
+  """A one-line error, before any data is read or fetched, when ``workdir`` cannot be created
+  or written (its nearest existing ancestor is a file, or not writable). Creates nothing."""
+  path = os.path.abspath(workdir)
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  if not os.path.isdir(path):
+    raise ValueError(f'workdir={workdir!r} cannot be created: {path} is not a directory')
+  if not os.access(path, os.W_OK):
+    raise ValueError(f'workdir={workdir!r} cannot be written: {path} is not writable')
 
 
-def compile_ahead(step_fn, args: tuple, what: str, log: Callable[[str], None]):
-  """``step_fn`` compiled for ``args`` before the first step, so that its cost is visible."""
-  log(f'compiling {what} ...')
-  t0 = time.perf_counter()
-  compiled = step_fn.lower(*args).compile()
-  log(f'compiled in {time.perf_counter() - t0:.1f} s')
-  return compiled
+def evaluation_config(stored: Mapping, given: Mapping, defaults: Mapping, workdir: str) -> dict:
+  """The config to evaluate the training run in ``workdir`` with: the run's own (``stored``,
+  its ``config.json``), except the :data:`EVALUATION_KEYS` where the command line (``given``)
+  differs from its preset (``defaults``). A run from before the scale-out keys takes the
+  preset's values of them; its genotype is the run's ``genotype.txt``, as trained, even if the
+  genotype's source has moved since."""
+  missing = sorted(set(given) - set(stored) - set(SCALE_OUT_KEYS))
+  if missing:
+    raise ValueError(f'--workdir={workdir} is not a training run (its config.json has no '
+                     f'{", ".join(missing[:3])})')
+  config = dict(stored)
+  config.update({k: defaults[k] for k in SCALE_OUT_KEYS if k not in stored})
+  config.update({k: given[k] for k in EVALUATION_KEYS if given[k] != defaults[k]})
+  genotype = os.path.join(workdir, 'genotype.txt')
+  if os.path.isfile(genotype):
+    config['genotype'] = genotype
+  return config

@@ -18,11 +18,13 @@ import pytest
 from darts_jax import checkpoint as ckpt_lib
 from test_data import fake_batches, write_archive
 
+pytestmark = pytest.mark.slow  # each run compiles in two processes side by side
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 300  # seconds for each run (the two compile side by side on 2 cores)
 # 2 cells of 2 nodes, C=2, three ops, 40 + 40 images of batch 8: 2 epochs x 5 steps
 CONFIG = ['--config=experiments/configs/search.py:tiny', '--config.max_examples=0',
-          '--config.layers=2', '--config.init_channels=2', '--config.steps=2',
+          '--config.layers=2', '--config.init_channels=2', '--config.nodes=2',
           '--config.multiplier=2', '--config.batch_size=8', '--config.estimator=first_order',
           '--config.primitives=("max_pool_3x3","skip_connect","sep_conv_3x3")',
           '--config.checkpoint_every=3', '--config.log_every=1', '--config.progress=False',

@@ -1,0 +1,180 @@
+"""The one skeleton of every resumable run (the CNN search and training, and the runs to come).
+
+A run supplies an :class:`EpochLoop`: its jitted step, the batches of each step, and what it does
+at an epoch's end. :func:`run_epochs` owns the rest, the same way for every run:
+
+- restore the latest checkpoint of ``workdir/checkpoints``, drop the metric records written
+  after it, and hand the run the epoch records so far;
+- compile the step ahead (its cost is shown), then loop with a progress bar, a running record
+  every ``log_every`` steps and a checkpoint every ``checkpoint_every`` steps and at each
+  epoch's end;
+- stop on the first non-finite loss or gradient (the step records it in ``nonfinite_step``),
+  keeping the last good checkpoint;
+- on an interruption or error, checkpoint the steps done so far, then re-raise.
+
+Every step is a function of the state and the step count (data order from (seed, epoch),
+randomness from (seed, step)), so a resumed run continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+
+from darts_jax import checkpoint as ckpt_lib
+from darts_jax import parallel
+from darts_jax.metrics_log import MetricWriter
+
+Record = dict[str, Any]
+
+
+class NonFiniteError(RuntimeError):
+  """The loss or a gradient stopped being finite; the last good checkpoint is kept."""
+
+
+class EpochLoop(NamedTuple):
+  """What a run supplies to :func:`run_epochs`.
+
+  The state is a NamedTuple with ``step`` (steps done), ``metrics`` (the epoch's running sums,
+  reset by the step itself) and ``nonfinite_step`` (-1, or the first non-finite step).
+  """
+  what: str  # the step's name while it compiles, e.g. 'the search step (exact)'
+  step: Callable  # jitted: (state, *batches) -> (state, aux)
+  batches: Callable[[int], Callable[[int], tuple]]  # epoch -> (step in the epoch -> batches)
+  running: Callable[[Any], tuple[float, float]]  # host metrics -> (mean loss, accuracy) so far
+  # (state, epoch, seconds) -> this epoch's record ('kind': 'epoch'); writes the run's own files
+  end_epoch: Callable[[Any, int, float], Record]
+  report: Callable[[Record], str]  # an epoch record as the log shows it
+  scalars: tuple[str, ...]  # record keys that go to TensorBoard
+  # (state, record, earlier records) after the record is written, before the epoch's
+  # checkpoint: pictures, a best checkpoint
+  after_epoch: Callable[[Any, Record, list[Record]], None] = lambda state, record, records: None
+  intro: Callable[[int], list[str]] = lambda step: []  # log lines once restored, at `step`
+
+
+def progress(total: int, initial: int, desc: str, enabled: bool):
+  """A tqdm bar on stderr (rate and ETA), or a silent one."""
+  from tqdm.auto import tqdm
+  return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True,
+              leave=True, file=sys.stderr)
+
+
+def nonfinite_error(bad_step: int, steps_per_epoch: int, last_checkpoint: int | None,
+                    workdir: str) -> NonFiniteError:
+  return NonFiniteError(
+      f'non-finite loss or gradient at step {bad_step} (epoch {bad_step // steps_per_epoch + 1}); '
+      f'stopped. Last good checkpoint: '
+      f'{"none" if last_checkpoint is None else f"step {last_checkpoint}"} in '
+      f'{workdir}/checkpoints')
+
+
+def on_stop(error: BaseException, state, checkpoints, save: Callable[[], None],
+            log: Callable[[str], None]) -> None:
+  """Keeps the steps done since the last checkpoint when a run stops on an interruption or an
+  error (the caller re-raises). An interruption inside a step may leave the state's buffers
+  donated to a step that never finished; then the previous checkpoint is all there is. A
+  non-finite stop keeps the last good checkpoint as it is."""
+  if not isinstance(error, NonFiniteError):
+    try:
+      if checkpoints.latest_step() != int(state.step):
+        save()
+    except (RuntimeError, ValueError, NonFiniteError) as e:
+      log(f'could not checkpoint the state on the way out ({type(e).__name__}: {e})')
+  if isinstance(error, KeyboardInterrupt):
+    log(f'interrupted; last checkpoint: step {checkpoints.latest_step()}. Rerun the same '
+        'command to resume.')
+
+
+def restore_latest(checkpoints, state, workdir: str, resumed: bool, steps_per_epoch: int,
+                   log: Callable[[str], None]):
+  """The latest checkpoint of the run in ``workdir`` if there is one, else ``state``."""
+  if checkpoints.latest_step() is not None:
+    state, _ = checkpoints.restore(state)
+    step = int(state.step)
+    log(f'resuming {workdir} from step {step} (epoch {step // steps_per_epoch + 1}, step '
+        f'{step % steps_per_epoch + 1} of {steps_per_epoch})')
+  elif resumed:
+    log(f'{workdir} has this run\'s config but no checkpoint: starting from step 0')
+  return state
+
+
+def compile_ahead(step_fn, args: tuple, what: str, log: Callable[[str], None]):
+  """``step_fn`` compiled for ``args`` before the first step, so that its cost is visible."""
+  log(f'compiling {what} ...')
+  t0 = time.perf_counter()
+  compiled = step_fn.lower(*args).compile()
+  log(f'compiled in {time.perf_counter() - t0:.1f} s')
+  return compiled
+
+
+def run_epochs(loop: EpochLoop, state, *, cfg: Mapping, workdir: str, epochs: int,
+               steps_per_epoch: int, resumed: bool, main: bool,
+               log: Callable[[str], None]) -> tuple[Any, list[Record]]:
+  """Runs ``loop`` from ``state`` (or the latest checkpoint in ``workdir``) to ``epochs`` epochs
+  of ``steps_per_epoch`` steps. Reads ``cfg``'s ``log_every``, ``checkpoint_every``,
+  ``keep_checkpoints``, ``tensorboard`` and ``progress``; only the ``main`` process writes
+  metrics. Returns the final state and every epoch's record (those of earlier runs included).
+  """
+  spe, total = steps_per_epoch, epochs * steps_per_epoch
+  checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, 'checkpoints'),
+                                     cfg['keep_checkpoints'])
+  writer = MetricWriter(workdir, cfg['tensorboard'], enabled=main)
+
+  def guard():
+    bad = int(state.nonfinite_step)
+    if bad >= 0:
+      raise nonfinite_error(bad, spe, checkpoints.latest_step(), workdir)
+
+  def save():
+    guard()
+    checkpoints.save(int(state.step), state, {'epoch': int(state.step) // spe})
+
+  try:
+    state = restore_latest(checkpoints, state, workdir, resumed, spe, log)
+    step = int(state.step)
+    writer.truncate_after(step)
+    parallel.barrier('metrics')  # every process reads the records as process 0 left them
+    records = [r for r in writer.records() if r.get('kind') == 'epoch']
+    for line in loop.intro(step):
+      log(line)
+    step_fn = loop.step
+    if step < total:
+      step_fn = compile_ahead(step_fn, (state, *loop.batches(step // spe)(step % spe)),
+                              loop.what, log)
+    try:
+      while step < total:
+        epoch = step // spe
+        batches = loop.batches(epoch)
+        bar = progress(spe, step % spe, f'epoch {epoch + 1}/{epochs}', cfg['progress'])
+        t0 = time.perf_counter()
+        while step < (epoch + 1) * spe:
+          state, _ = step_fn(state, *batches(step % spe))
+          step += 1
+          bar.update(1)
+          if cfg['log_every'] and step % cfg['log_every'] == 0:
+            guard()
+            loss, accuracy = loop.running(jax.device_get(state.metrics))
+            bar.set_postfix(loss=f'{loss:.3f}', acc=f'{accuracy:.3f}')
+            writer.write({'kind': 'train', 'step': step, 'train_loss': loss},
+                         {'train/loss_running': loss})
+          if cfg['checkpoint_every'] and step % cfg['checkpoint_every'] == 0 and step % spe:
+            save()
+        bar.close()
+        guard()
+        record = loop.end_epoch(state, epoch, time.perf_counter() - t0)
+        writer.write(record, {k: record[k] for k in loop.scalars if k in record})
+        log(loop.report(record))
+        loop.after_epoch(state, record, records)
+        records.append(record)
+        save()
+    except (KeyboardInterrupt, Exception) as e:
+      on_stop(e, state, checkpoints, save, log)
+      raise
+  finally:
+    writer.close()
+    checkpoints.close()
+  return state, records

@@ -1,0 +1,57 @@
+"""Search spaces as plug-ins: the contract a search run needs from a space.
+
+A space is a :class:`SearchSpace`, a record of pure functions over three separate pytrees,
+the network ``weights``, the ``architecture`` (DARTS's alphas; a variant may add more, e.g.
+PC-DARTS's edge betas, and every estimator then differentiates all of it; the search state
+keeps it in its ``alphas`` field) and ``batch_stats`` (BatchNorm running statistics; ``{}`` for a
+space without):
+
+- ``loss(weights, architecture, batch_stats, batch) -> (loss, LossAux(batch_stats, logits))`` is
+  all the search step and every hypergradient estimator see;
+- ``genotype(architecture)`` is the discretisation rule; a genotype has ``to_string``,
+  ``to_json`` and ``to_dict``, and ``genotype_from_dict`` reads the last back;
+- ``mixing(architecture)`` is what logs and plots show, ``draw`` the plots.
+
+A reference file of the original code is checked by the space's :class:`ReferenceFormat`
+(``darts_jax.reference`` tells the format from the file's keys).
+
+The CNN space of the paper is ``darts_jax.spaces.cnn``. A new space is a new module here that
+builds a ``SearchSpace`` (and a ``ReferenceFormat`` for its reference files); the run loop, the
+search step and the estimators stay as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import numpy as np
+
+Pytree = Any
+
+
+class SearchSpace(NamedTuple):
+  """What a search run needs from a search space (see the module docstring)."""
+  name: str
+  summary: str  # for the log, e.g. '8 cells, C=16'
+  choices: tuple[str, ...]  # the candidate ops: the columns of each `mixing` matrix
+  # (key, input shape with a batch axis, dtype) -> (weights, batch_stats); raises a one-line
+  # ValueError for inputs the space cannot take
+  init: Callable[[jax.Array, tuple[int, ...], Any], tuple[Pytree, Pytree]]
+  init_architecture: Callable[[jax.Array, Any], Pytree]  # (key, dtype) -> architecture
+  # (train, compute_dtype) -> loss(weights, architecture, batch_stats, batch) -> (loss, LossAux)
+  make_loss: Callable[..., Callable]
+  genotype: Callable[[Pytree], Any]  # architecture -> genotype (the discretisation rule)
+  genotype_from_dict: Callable[[Mapping], Any]
+  mixing: Callable[[Pytree], dict[str, np.ndarray]]  # architecture -> what the log shows
+  # (directory, epoch, genotype, history of `mixing`) -> pictures; ImportError without the
+  # plotting packages
+  draw: Callable[[str, int, Any, list], None]
+
+
+class ReferenceFormat(NamedTuple):
+  """How ``darts_jax.reference`` recognises and checks a space's reference files."""
+  name: str
+  detect: Callable[[Mapping], bool]  # the file's meta -> is it this format's
+  # (arrays by key, meta, report) -> fills report via report.check(...)
+  verify: Callable[[Mapping[str, np.ndarray], Mapping, Any], None]

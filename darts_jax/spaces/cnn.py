@@ -1,0 +1,290 @@
+"""The paper's CNN search space as a :class:`~darts_jax.spaces.SearchSpace`: the supernet of
+``darts_jax.supernet`` (cells of 2 inputs and ``nodes`` intermediate nodes, every edge a
+softmax(alpha)-mixed op, eq. 2), the alphas ``{'normal': (E, K), 'reduce': (E, K)}``, and the
+original's genotype rule; plus the checks of the original code's reference files
+(``shared/reference/README.md``: search network, hypergradients, one search step, the
+evaluation network, the genotype rule).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from darts_jax import hypergradient as hg
+from darts_jax import interop
+from darts_jax import search as search_lib
+from darts_jax.genotypes import PRIMITIVES, Genotype, derive_genotype, parse_genotype
+from darts_jax.networks import NetworkCIFAR
+from darts_jax.spaces import ReferenceFormat, SearchSpace
+from darts_jax.supernet import (SupernetConfig, check_image_size, init_alphas, init_supernet,
+                                make_loss, supernet_shapes)
+
+NAME = 'darts_cnn'
+
+
+def make_space(config: SupernetConfig) -> SearchSpace:
+  """The CNN search space of the supernet ``config``."""
+
+  def init(key, input_shape, dtype):
+    check_image_size(input_shape, len(config.reduction_layers), config.in_channels,
+                     what='search network')
+    variables = init_supernet(key, config, tuple(input_shape[1:3]), dtype)
+    return variables.weights, variables.batch_stats
+
+  def draw(directory, epoch, genotype, history):
+    from darts_jax import viz
+    os.makedirs(directory, exist_ok=True)
+    viz.save_genotype_graphs(genotype, directory, f'genotype_epoch{epoch:03d}')
+    viz.plot_alpha_heatmaps(history[-1], config.primitives,
+                            os.path.join(directory, f'alphas_epoch{epoch:03d}.png'),
+                            title=f'softmax(alpha), epoch {epoch}')
+    viz.plot_alpha_evolution(history, config.primitives,
+                             os.path.join(directory, 'alpha_evolution.png'))
+
+  return SearchSpace(
+      name=NAME,
+      summary=f'{config.layers} cells, C={config.C}',
+      choices=config.primitives,
+      init=init,
+      init_architecture=lambda key, dtype: init_alphas(key, config, dtype),
+      make_loss=lambda train=True, compute_dtype=None: make_loss(config, train, compute_dtype),
+      genotype=lambda alphas: derive_genotype(alphas, config.primitives, config.nodes,
+                                              config.multiplier),
+      genotype_from_dict=Genotype.from_dict,
+      mixing=_mixing,
+      draw=draw)
+
+
+def _mixing(alphas) -> dict[str, np.ndarray]:
+  # as the supernet mixes (eq. 2: jax.nn.softmax, float32 in a float32 run), for the logs and
+  # plots; the genotype rule takes the original's softmax in the alphas' own precision instead
+  # (genotypes.mixing_weights), whose near-ties may rank otherwise
+  return {k: np.asarray(jax.nn.softmax(jnp.asarray(v, jnp.float32), axis=-1))
+          for k, v in alphas.items()}
+
+
+def config_from_run(cfg: Mapping, num_classes: int, in_channels: int) -> SupernetConfig:
+  """The supernet a search config describes (``experiments/configs/search.py``) for a dataset
+  of ``num_classes`` classes and ``in_channels`` channels."""
+  return SupernetConfig(C=cfg['init_channels'], num_classes=num_classes, layers=cfg['layers'],
+                        nodes=cfg['nodes'], multiplier=cfg['multiplier'],
+                        stem_multiplier=cfg['stem_multiplier'], in_channels=in_channels,
+                        primitives=tuple(cfg.get('primitives') or ()) or PRIMITIVES)
+
+
+def space_from_run(cfg: Mapping, num_classes: int, in_channels: int) -> SearchSpace:
+  return make_space(config_from_run(cfg, num_classes, in_channels))
+
+
+# ----------------------------------------------------------------------------------------------
+# reference files of the original code (quark0/darts, cnn/)
+# ----------------------------------------------------------------------------------------------
+
+# second-order quantities: (file key, estimator, with the momentum buffer)
+_SECOND_ORDER = (('hypergrad_exact_nomomentum', 'exact', False),
+                 ('hypergrad_fd_nomomentum', 'finite_difference', False),
+                 ('hypergrad_exact', 'exact', True), ('hypergrad_fd', 'finite_difference', True))
+
+
+def _nchw_to_nhwc(x) -> jax.Array:
+  return jnp.asarray(np.asarray(x).transpose(0, 2, 3, 1))
+
+
+def search_config(meta: Mapping[str, Any]) -> SupernetConfig:
+  """The search network a reference file's ``meta['search']`` describes."""
+  m = meta['search']
+  return SupernetConfig(C=m['C'], num_classes=m['num_classes'], layers=m['layers'],
+                        nodes=m.get('steps', 4), multiplier=m.get('multiplier', 4),
+                        stem_multiplier=m.get('stem_multiplier', 3),
+                        in_channels=m.get('image', [32, 32, 3])[-1],
+                        primitives=tuple(m.get('primitives', ())) or PRIMITIVES)
+
+
+@functools.lru_cache(maxsize=8)
+def _search_value_and_grad(config: SupernetConfig):
+  loss = make_loss(config)
+  return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+
+
+@functools.lru_cache(maxsize=8)
+def _second_order(config: SupernetConfig, name: str, wd: float, momentum: float, r: float):
+  """jit of an estimator for the reference's inner optimiser: SGD(xi, momentum) + weight decay,
+  from the file's momentum buffer."""
+  loss = make_loss(config)
+
+  @jax.jit
+  def run(weights, alphas, stats, train, val, buf, xi):
+    inner = optax.chain(optax.add_decayed_weights(wd), optax.sgd(xi, momentum=momentum))
+    state = optax.tree_utils.tree_set(inner.init(weights), trace=buf)
+    estimator = hg.make_estimator(name, inner, fd_r=r)
+    return estimator.estimate(hg.bind_loss(loss, stats, train), hg.bind_loss(loss, stats, val),
+                              weights, alphas, state, xi)[0]
+  return run
+
+
+@functools.lru_cache(maxsize=8)
+def _search_step(config: SupernetConfig, hp: search_lib.SearchHParams):
+  loss = make_loss(config)
+  return jax.jit(lambda state, train, val: search_lib.search_step(hp, loss, state, train, val))
+
+
+def step_hparams(meta_search: Mapping) -> search_lib.SearchHParams:
+  """The reference step's optimisers: fresh states, the finite-difference estimator (eq. 7)."""
+  m, adam = meta_search, meta_search.get('arch_adam', {})
+  return search_lib.SearchHParams(
+      w_lr=m.get('xi', 0.025), w_momentum=m.get('momentum', 0.9),
+      w_weight_decay=m.get('weight_decay', 3e-4), grad_clip=m.get('grad_clip', 5.0),
+      alpha_lr=adam.get('lr', 3e-4), alpha_b1=adam.get('b1', 0.5), alpha_b2=adam.get('b2', 0.999),
+      alpha_eps=adam.get('eps', 1e-8), alpha_weight_decay=adam.get('weight_decay', 1e-3),
+      estimator='finite_difference', fd_r=m.get('fd_r', 0.01))
+
+
+@functools.lru_cache(maxsize=8)
+def _eval_apply(model: NetworkCIFAR):
+  @jax.jit
+  def apply(variables, images):
+    logits_eval, _ = model.apply(variables, images, False)
+    (logits_train, logits_aux), _ = model.apply(variables, images, True, mutable=['batch_stats'])
+    return logits_eval, logits_train, logits_aux
+  return apply
+
+
+def _named(ref: Mapping, prefix: str) -> dict[str, np.ndarray]:
+  return {k[len(prefix):]: v for k, v in ref.items() if k.startswith(prefix)}
+
+
+def _check_named(report, name: str, ours: Mapping, ref: Mapping, kind: str) -> None:
+  """One quantity over every tensor of a network, by the original's parameter names."""
+  if set(ref) != set(ours):
+    report.fail(name, kind, 'parameter names differ')
+    return
+  names = sorted(ref)
+  report.check(name, np.concatenate([np.ravel(ours[n]) for n in names]),
+               np.concatenate([np.ravel(ref[n]) for n in names]), kind)
+
+
+def _verify_search(ref: Mapping[str, np.ndarray], meta, report) -> None:
+  config = search_config(meta)
+  x_train = _nchw_to_nhwc(ref['search/x_train'])
+  shapes = supernet_shapes(config, x_train.shape[1:3], x_train.dtype)
+  load = lambda prefix, collections: interop.from_original(  # noqa: E731
+      _named(ref, prefix), collections, nodes=config.nodes, require=('params',),
+      primitives=config.primitives)
+  variables = load('search/w/', {'params': shapes.weights, 'batch_stats': shapes.batch_stats})
+  weights, stats = variables['params'], variables.get('batch_stats', {})
+  alphas = {'normal': jnp.asarray(ref['search/alphas_normal']),
+            'reduce': jnp.asarray(ref['search/alphas_reduce'])}
+  value_and_grad = _search_value_and_grad(config)
+  train = (x_train, jnp.asarray(ref['search/y_train']))
+  val = (_nchw_to_nhwc(ref['search/x_val']), jnp.asarray(ref['search/y_val']))
+  (loss_train, aux), (g_w, g_a) = value_and_grad(weights, alphas, stats, train)
+  (loss_val, _), (_, g_a_val) = value_and_grad(weights, alphas, stats, val)
+
+  report.check('search/logits_train', aux.logits, ref['search/logits_train'], 'logits')
+  report.check('search/loss_train', loss_train, ref['search/loss_train'], 'loss')
+  if 'search/loss_val' in ref:
+    report.check('search/loss_val', loss_val, ref['search/loss_val'], 'loss')
+  ref_g = _named(ref, 'search/grad_w_train/')
+  if ref_g:
+    _check_named(report, 'search/grad_w_train',
+                 interop.to_original({'params': g_w}, nodes=config.nodes,
+                                     primitives=config.primitives), ref_g, 'gradient')
+  if 'search/grad_alphas_train' in ref:
+    report.check('search/grad_alphas_train', np.stack([g_a['normal'], g_a['reduce']]),
+                 ref['search/grad_alphas_train'], 'gradient')
+  if 'search/hypergrad_first_order' in ref:
+    report.check('search/hypergrad_first_order',
+                 np.stack([g_a_val['normal'], g_a_val['reduce']]),
+                 ref['search/hypergrad_first_order'], 'gradient')
+  m = meta['search']
+  buffers = {False: jax.tree_util.tree_map(jnp.zeros_like, weights)}
+  if _named(ref, 'search/momentum/'):
+    buffers[True] = load('search/momentum/', {'params': shapes.weights})['params']
+  for name, estimator, with_momentum in _SECOND_ORDER:
+    if f'search/{name}' not in ref:
+      continue
+    if with_momentum not in buffers:
+      raise KeyError('search/momentum/*')
+    run = _second_order(config, estimator, m.get('weight_decay', 3e-4), m.get('momentum', 0.9),
+                        m.get('fd_r', 0.01))
+    g = run(weights, alphas, stats, train, val, buffers[with_momentum], m.get('xi', 0.025))
+    kind = 'gradient' if estimator == 'exact' else 'finite_difference'
+    report.check(f'search/{name}', np.stack([g['normal'], g['reduce']]), ref[f'search/{name}'],
+                 kind)
+  if any(k.startswith('search/step/') for k in ref):
+    _verify_step(ref, m, config, weights, alphas, stats, train, val, report)
+
+
+def _verify_step(ref, m, config, weights, alphas, stats, train, val, report) -> None:
+  """One full search step from fresh optimiser states: Adam on the eq. (7) alpha gradient, then
+  clipped SGD on the weights with the new alphas."""
+  hp = step_hparams(m)
+  state = search_lib.init_search_state(hp, weights, alphas, stats, jax.random.PRNGKey(0))
+  new, _ = _search_step(config, hp)(state, train, val)
+  for cell in ('normal', 'reduce'):
+    report.check(f'search/step/alphas_{cell}', new.alphas[cell],
+                 ref[f'search/step/alphas_{cell}'], 'step')
+  if 'search/step/loss_train' in ref:
+    report.check('search/step/loss_train', new.metrics.train_loss,
+                 ref['search/step/loss_train'], 'step')
+  ref_w = _named(ref, 'search/step/w/')
+  if ref_w:
+    _check_named(report, 'search/step/w',
+                 interop.to_original({'params': new.weights}, nodes=config.nodes,
+                                     primitives=config.primitives), ref_w, 'step')
+
+
+def _eval_genotype(spec) -> Genotype:
+  return parse_genotype(spec if isinstance(spec, (str, dict)) else dict(spec))
+
+
+def _verify_eval(ref: Mapping[str, np.ndarray], meta, report) -> None:
+  m = meta['eval']
+  named = _named(ref, 'eval/w/')
+  num_classes = named['classifier.weight'].shape[0]
+  x = _nchw_to_nhwc(ref['eval/x'])
+  model = NetworkCIFAR(C=m['C'], num_classes=num_classes, layers=m['layers'],
+                       auxiliary=bool(m.get('auxiliary', True)),
+                       genotype=_eval_genotype(m['genotype']),
+                       stem_multiplier=m.get('stem_multiplier', 3), in_channels=x.shape[-1])
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, True))
+  variables = interop.from_original(named, shapes, nodes=len(model.genotype.normal) // 2)
+  logits_eval, logits_train, logits_aux = _eval_apply(model)(variables, x)
+  report.check('eval/logits_eval', logits_eval, ref['eval/logits_eval'], 'logits')
+  report.check('eval/logits_train', logits_train, ref['eval/logits_train'], 'logits')
+  if 'eval/logits_aux_train' in ref:
+    report.check('eval/logits_aux_train', logits_aux, ref['eval/logits_aux_train'], 'logits')
+
+
+def _verify_genotypes(ref, meta, report) -> None:
+  config = search_config(meta)
+  expected = meta.get('genotypes', [])
+  mismatches = [
+      k for k, want in enumerate(expected)
+      if derive_genotype({'normal': ref[f'genotype/{k}/alphas_normal'],
+                          'reduce': ref[f'genotype/{k}/alphas_reduce']},
+                         config.primitives, config.nodes, config.multiplier)
+      != Genotype.from_dict(want)]
+  report.count('genotypes', len(expected), mismatches)
+
+
+def verify(ref: Mapping[str, np.ndarray], meta: Mapping, report) -> None:
+  """Every quantity of a CNN reference file that its ``meta`` promises."""
+  if 'search' in meta:
+    _verify_search(ref, meta, report)
+  if 'eval' in meta:
+    _verify_eval(ref, meta, report)
+  if meta.get('genotypes'):
+    _verify_genotypes(ref, meta, report)
+
+
+REFERENCE = ReferenceFormat(
+    name=NAME, detect=lambda meta: any(k in meta for k in ('search', 'eval', 'genotypes')),
+    verify=verify)

@@ -1,0 +1,15 @@
+"""Search methods (``darts_jax.methods``): DARTS is the space itself; an unknown name is a
+one-line error naming the known ones."""
+
+import pytest
+
+from darts_jax import methods
+from darts_jax.spaces import cnn
+from darts_jax.supernet import SupernetConfig
+
+
+def test_darts_is_the_identity_and_unknown_methods_are_named():
+  space = cnn.make_space(SupernetConfig(C=2, layers=2))
+  assert methods.apply('darts', space) is space
+  with pytest.raises(ValueError, match=r"^method='gdas' is unknown; allowed: darts$"):
+    methods.apply('gdas', space)
