@@ -150,7 +150,7 @@ def test_hvp_and_mixed_hvp_against_dense_hessian(x64):
 
   def f(w, alpha):
     h = jnp.tanh(x @ w['a'] + w['b'][None, :])
-    return jnp.sum(jax.nn.softmax(alpha['k'])[:2] * h**2) + jnp.sum(alpha['k'] ** 3) * jnp.sum(h)
+    return jnp.sum(jax.nn.softmax(alpha['k'])[None, :2] * h**2) + jnp.sum(alpha['k'] ** 3) * jnp.sum(h)
 
   v = {'a': jnp.asarray(rng.normal(size=(3, 2))), 'b': jnp.asarray(rng.normal(size=2))}
   flat_w, unravel_w = jax.flatten_util.ravel_pytree(w)
