@@ -268,8 +268,9 @@ def mixing_weights(alphas: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """The mixing weights ``softmax(alpha)`` of eq. 2, over the ops of each edge (the last axis).
 
   numpy, in the alphas' own floating precision as the original computes them (near-ties can rank
-  differently in float32 and float64); any other dtype (integers, bfloat16) in float64. The one
-  softmax behind the genotype rule and every display of the alphas.
+  differently in float32 and float64); any other dtype (integers, bfloat16) in float64. The
+  softmax behind the genotype rule; the logs show the supernet's own float32 mixing instead
+  (``spaces.cnn``), as they always have.
   """
   out = {}
   for kind, a in alphas.items():

@@ -22,6 +22,7 @@ from darts_jax import parallel
 from darts_jax import run_config
 from darts_jax import run_loop
 from darts_jax import search as search_lib
+from darts_jax.ops.init import num_params
 from darts_jax.spaces import SearchSpace
 from darts_jax.spaces import cnn
 
@@ -166,7 +167,7 @@ def _epoch_loop(s: _Setup, workdir: str, state, shardings, log: Callable[[str], 
           w, a, st, (data_lib.normalize(b[0], mean, std).astype(s.dtype), b[1])),
       ex.mesh, shardings.weights)
   feed = parallel.BatchFeed(ex.mesh, batch)
-  num_weights = sum(np.size(x) for x in jax.tree_util.tree_leaves(state.weights))
+  num_weights = num_params(state.weights)
 
   def batches(epoch):
     order_w = data_lib.epoch_order(len(s.train_set.labels), batch, cfg['seed'], epoch)
