@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 COLUMNS = (('compile s', 'compile_s', 10, '.1f'), ('s/step', 'step_median_s', 9, '.4f'),
            ('min', 'step_min_s', 8, '.4f'), ('max', 'step_max_s', 8, '.4f'),
-           ('memory GB', 'peak_memory_gb', 10, '.2f'), ('GFLOP', 'gflop_per_step', 8, '.2f'),
+           ('step GB', 'step_memory_gb', 8, '.2f'), ('compile GB', 'compile_peak_gb', 10, '.2f'),
+           ('peak GB', 'peak_memory_gb', 8, '.2f'), ('GFLOP', 'gflop_per_step', 8, '.2f'),
            ('GFLOP/s', 'achieved_gflops', 8, '.1f'))
 
 
@@ -27,6 +28,19 @@ def peak_memory_gb() -> tuple[float, str]:
     if 'peak_bytes_in_use' in stats:
       return stats['peak_bytes_in_use'] / 2**30, 'device peak'
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 'peak RSS'
+
+
+def step_memory_bytes(compiled) -> dict:
+  """The step's own memory as XLA planned it (``memory_analysis()``): arguments, outputs,
+  temporaries, less the outputs that reuse donated arguments. Free of the compiler's own
+  footprint, which peak RSS on a CPU includes."""
+  m = compiled.memory_analysis()
+  if m is None:
+    return {}
+  sizes = {k: getattr(m, f'{k}_size_in_bytes', 0) for k in ('argument', 'output', 'temp', 'alias')}
+  total = sizes['argument'] + sizes['output'] + sizes['temp'] - sizes['alias']
+  return {'step_memory_gb': round(total / 2**30, 3),
+          **{f'{k}_gb': round(v / 2**30, 3) for k, v in sizes.items()}}
 
 
 def time_step(jitted, args: tuple, steps: int,
@@ -41,9 +55,15 @@ def time_step(jitted, args: tuple, steps: int,
   t1 = time.perf_counter()
   compiled = lowered.compile()
   t2 = time.perf_counter()
+  compile_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+  from darts_jax.compile_cache import release_compiler_memory
+  release_compiler_memory()  # as the runs do (run_loop.compile_ahead)
+  step_memory = step_memory_bytes(compiled)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get('flops', float('nan'))) if cost else float('nan')
+  if steps == 0:  # compile only (the cached-compile child of run_row)
+    return {'lower_s': round(t1 - t0, 2), 'compile_s': round(t2 - t0, 2)}, None
   out = compiled(*args)
   jax.block_until_ready(out)
   times = []
@@ -61,6 +81,7 @@ def time_step(jitted, args: tuple, steps: int,
           'step_median_s': round(median, 4), 'step_min_s': round(min(times), 4),
           'step_max_s': round(max(times), 4), 'steps': steps,
           'peak_memory_gb': round(memory, 3), 'memory_kind': memory_kind,
+          'compile_peak_gb': round(compile_peak, 3), **step_memory,
           'gflop_per_step': round(flops / 1e9, 3),
           'achieved_gflops': round(flops / 1e9 / median, 2)}, out
 
@@ -74,7 +95,36 @@ def add_run_flags(parser, timeout_help: str) -> None:
   parser.add_argument('--compute_dtype', choices=['float32', 'bfloat16'], default='float32',
                       help='bfloat16: mixed precision (float32 master weights, BN, loss)')
   parser.add_argument('--timeout', type=float, default=None, help=timeout_help)
+  parser.add_argument('--cache_check', action='store_true',
+                      help='after each row, compile it again in a new process from a fresh '
+                           'persistent cache the row filled: the compile time of a repeated '
+                           'or resumed run (column cached_compile_s)')
   parser.add_argument('--one', action='store_true', help=argparse.SUPPRESS)
+  parser.add_argument('--compile_cache', default=None, help=argparse.SUPPRESS)
+
+
+def use_compile_cache(directory: str | None) -> None:
+  """Rows measure a cold compile unless given a cache directory (``--cache_check``)."""
+  from darts_jax import compile_cache
+  compile_cache.configure(directory is not None, directory)
+
+
+def run_row(module: str, args: list[str], flags) -> tuple[dict | None, str]:
+  """One row in its own process; with ``--cache_check``, a second process then compiles the
+  same step from the persistent cache the first one filled, and the row gets its times."""
+  if not flags.cache_check:
+    return run_child(module, [*args, '--steps', str(flags.steps)], flags.timeout)
+  import tempfile
+  with tempfile.TemporaryDirectory() as cache:
+    row, why = run_child(module, [*args, '--steps', str(flags.steps), '--compile_cache', cache],
+                         flags.timeout)
+    if row is None:
+      return row, why
+    again, why = run_child(module, [*args, '--steps', '0', '--compile_cache', cache],
+                           flags.timeout)
+  if again is not None:
+    row.update(cached_compile_s=again['compile_s'], cached_lower_s=again['lower_s'])
+  return row, ''
 
 
 def steps_error(steps: int) -> str | None:
@@ -86,7 +136,8 @@ def header(first: str) -> str:
 
 
 def row_line(first: str, row: dict) -> str:
-  return f'{first:22}' + ''.join(f' {row[key]:>{width}{fmt}}' for _, key, width, fmt in COLUMNS)
+  return f'{first:22}' + ''.join(f' {row.get(key, float("nan")):>{width}{fmt}}'
+                                 for _, key, width, fmt in COLUMNS)
 
 
 def run_child(module: str, args: list[str], timeout: float | None) -> tuple[dict | None, str]:

@@ -34,12 +34,16 @@ print(f"fidelity {sys.argv[2]}: {'PASS' if r['ok'] else 'FAIL'} {r['summary']}, 
       f"worst error / tolerance {worst:.2g}")
 EOF
 done
+# the search's default at the paper's size: each cell recomputed in the backward pass
 python -m benchmarks.search_step --preset "$PRESET" --estimators exact,first_order,finite_difference \
-  --steps "$STEPS" --timeout 120 --out "$OUT/search_step_$PRESET.json" 2>&1 | tee "$OUT/search_step_$PRESET.txt"
+  --remat_cells --steps "$STEPS" --timeout 120 --out "$OUT/search_step_$PRESET.json" 2>&1 | tee "$OUT/search_step_$PRESET.txt"
+# without remat: what the memory buys
+python -m benchmarks.search_step --preset "$PRESET" --estimators exact --steps "$STEPS" --timeout 120 \
+  --out "$OUT/search_step_${PRESET}_plain.json" 2>&1 | tee "$OUT/search_step_${PRESET}_plain.txt"
 python -m benchmarks.train_step --preset "$PRESET" --steps "$STEPS" --timeout 60 \
   --out "$OUT/train_step_$PRESET.json" 2>&1 | tee "$OUT/train_step_$PRESET.txt"
 # bf16 mixed precision (float32 master weights, alphas, BN statistics, loss)
-python -m benchmarks.search_step --preset "$PRESET" --estimators exact,first_order \
+python -m benchmarks.search_step --preset "$PRESET" --estimators exact,first_order --remat_cells \
   --compute_dtype bfloat16 --steps "$STEPS" --timeout 120 --out "$OUT/search_step_${PRESET}_bf16.json" \
   2>&1 | tee "$OUT/search_step_${PRESET}_bf16.txt"
 python -m benchmarks.train_step --preset "$PRESET" --compute_dtype bfloat16 --steps "$STEPS" \

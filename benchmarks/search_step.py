@@ -28,7 +28,7 @@ ROWS = ('first_order', 'exact', 'finite_difference', 'unrolled', 'implicit', 'we
 
 
 def measure(preset: str, row: str, steps: int, depthwise_impl: str = 'auto',
-            compute_dtype: str = 'float32') -> dict:
+            compute_dtype: str = 'float32', remat_cells: bool = False) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -39,7 +39,8 @@ def measure(preset: str, row: str, steps: int, depthwise_impl: str = 'auto',
   from darts_jax.supernet import SupernetConfig, init_alphas, init_supernet, make_loss
 
   p = PRESETS[preset]
-  net = SupernetConfig(C=p['C'], layers=p['layers'], depthwise_impl=depthwise_impl)
+  net = SupernetConfig(C=p['C'], layers=p['layers'], depthwise_impl=depthwise_impl,
+                       remat_cells=remat_cells)
   hp = S.SearchHParams(estimator='first_order' if row == 'weight_step' else row,
                        unrolled_steps=2)
   variables = init_supernet(jax.random.PRNGKey(0), net)
@@ -57,15 +58,18 @@ def measure(preset: str, row: str, steps: int, depthwise_impl: str = 'auto',
       return state._replace(weights=weights, w_opt_state=w_opt_state)
 
     jitted = jax.jit(weight_only, donate_argnums=0)
-    result, state = common.time_step(jitted, (state, train), steps,
-                                     lambda out, args: (out, args[1]))
+    result, out = common.time_step(jitted, (state, train), steps,
+                                   lambda out, args: (out, args[1]))
   else:
     jitted = S.jit_search_step(hp, loss, make_mesh(1))
-    result, (state, _) = common.time_step(jitted, (state, train, val), steps,
-                                          lambda out, args: (out[0], *args[1:]))
+    result, out = common.time_step(jitted, (state, train, val), steps,
+                                   lambda out, args: (out[0], *args[1:]))
+  if out is None:  # compiled only
+    return result
+  state = out if row == 'weight_step' else out[0]
   finite = bool(np.isfinite(float(hg.tree_norm(state.weights))))
   return {'preset': preset, **p, 'row': row, 'depthwise_impl': depthwise_impl,
-          'compute_dtype': compute_dtype, **result,
+          'compute_dtype': compute_dtype, 'remat_cells': remat_cells, **result,
           'finite': finite}
 
 
@@ -91,6 +95,8 @@ def main(argv=None) -> int:
   parser.add_argument('--estimators', default=','.join(ROWS),
                       help=f'comma-separated rows among {", ".join(ROWS)}')
   parser.add_argument('--out', help='write the rows and ratios as JSON here')
+  parser.add_argument('--remat_cells', action='store_true',
+                      help="recompute each cell's forward in the backward pass")
   common.add_run_flags(parser, 'seconds allowed per row, compile included')
   args = parser.parse_args(argv)
   names = [n for n in args.estimators.split(',') if n]
@@ -100,22 +106,22 @@ def main(argv=None) -> int:
     print(f'error: --estimators={args.estimators!r}: {what} is not a row; '
           f'allowed: {", ".join(ROWS)}', file=sys.stderr)
     return 2
-  if common.steps_error(args.steps):
+  if common.steps_error(args.steps) and not args.one:
     print(common.steps_error(args.steps), file=sys.stderr)
     return 2
   if args.one:
     import json
+    common.use_compile_cache(args.compile_cache)
     print(json.dumps(measure(args.preset, names[0], args.steps, args.depthwise_impl,
-                             args.compute_dtype)))
+                             args.compute_dtype, args.remat_cells)))
     return 0
   rows, failures = [], {}
   print(common.header(f'{args.preset}: row'), flush=True)
   for name in names:
-    row, why = common.run_child('benchmarks.search_step',
-                                ['--preset', args.preset, '--estimators', name, '--steps',
-                                 str(args.steps), '--depthwise_impl', args.depthwise_impl,
-                                 '--compute_dtype', args.compute_dtype],
-                                args.timeout)
+    row, why = common.run_row('benchmarks.search_step',
+                              ['--preset', args.preset, '--estimators', name, '--depthwise_impl',
+                               args.depthwise_impl, '--compute_dtype', args.compute_dtype]
+                              + ['--remat_cells'] * args.remat_cells, args)
     if row is None:
       failures[name] = why
       print(f'{name:22} {why}', flush=True)
@@ -125,7 +131,8 @@ def main(argv=None) -> int:
   found = ratios(rows)
   for key, value in found.items():
     print(f'{key}: {value}')
-  common.write_json(args.out, {'preset': args.preset, **PRESETS[args.preset], 'rows': rows,
+  common.write_json(args.out, {'preset': args.preset, **PRESETS[args.preset],
+                               'remat_cells': args.remat_cells, 'rows': rows,
                                'ratios': found, 'failures': failures})
   return 0 if rows else 1
 

@@ -46,8 +46,11 @@ def measure(preset: str, genotype: str, steps: int, depthwise_impl: str = 'auto'
   loss = T.make_train_loss(model, hp.auxiliary_weight,
                            None if compute_dtype == 'float32' else compute_dtype)
   jitted = T.jit_train_step(hp, model, make_mesh(1), loss=loss)
-  result, (state, _) = common.time_step(jitted, (state, batch), steps,
-                                        lambda out, args: (out[0], args[1]))
+  result, out = common.time_step(jitted, (state, batch), steps,
+                                 lambda out, args: (out[0], args[1]))
+  if out is None:  # compiled only
+    return result
+  state = out[0]
   return {'preset': preset, **p, 'row': 'train_step', 'genotype': genotype,
           'depthwise_impl': depthwise_impl, 'compute_dtype': compute_dtype,
           'params': num_params(state.weights), **result,
@@ -72,15 +75,15 @@ def main(argv=None) -> int:
     print(f'error: --genotype: {e}', file=sys.stderr)
     return 2
   if args.one:
+    common.use_compile_cache(args.compile_cache)
     print(json.dumps(measure(args.preset, args.genotype, args.steps, args.depthwise_impl,
                              args.compute_dtype)))
     return 0
   print(common.header(f'{args.preset}: row'), flush=True)
-  row, why = common.run_child('benchmarks.train_step',
-                              ['--preset', args.preset, '--genotype', args.genotype, '--steps',
-                               str(args.steps), '--depthwise_impl', args.depthwise_impl,
-                               '--compute_dtype', args.compute_dtype],
-                              args.timeout)
+  row, why = common.run_row('benchmarks.train_step',
+                            ['--preset', args.preset, '--genotype', args.genotype,
+                             '--depthwise_impl', args.depthwise_impl, '--compute_dtype',
+                             args.compute_dtype], args)
   if row is None:
     print(f'{"train_step":22} {why}', flush=True)
     common.write_json(args.out, {'preset': args.preset, 'rows': [],

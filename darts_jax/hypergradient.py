@@ -222,13 +222,30 @@ def second_order(train_loss: LossFn, val_loss: LossFn, w: Pytree, alpha: Pytree,
                  ) -> tuple[Pytree, HypergradientAux]:
   """DARTS second order, eq. (6), exactly:
 
-      grad_alpha L_val(w', alpha),   w' = w - xi grad_w L_train(w, alpha)   (the real step)
+      grad_alpha L_val(w', alpha),   w' = w + update(g, w),   g = grad_w L_train(w, alpha)
 
-  differentiated through the inner optimiser's step, so the indirect term
-  ``-xi (d^2 L_train / dalpha dw) grad_w' L_val(w', alpha)`` is exact, not eq. (7)'s finite
-  difference. :func:`unrolled` with K = 1.
+  (the real step of ``inner``; for SGD ``w' = w - xi g``). Only g depends on alpha, so the
+  chain rule gives
+
+      grad_alpha L_val(w', alpha) + (d^2 L_train / dalpha dw) u,   u = (dw'/dg)^T v,
+      v = grad_w' L_val(w', alpha)
+
+  (for SGD u = -xi v: eq. 6's second term). The same number as :func:`unrolled` with K = 1,
+  which differentiates through the step as one program; here the pieces run one after another,
+  so the validation pass and the mixed second derivative never hold their memory at once.
   """
-  return unrolled(train_loss, val_loss, w, alpha, inner, inner_state, inner_steps=1)
+  _check_inputs(w, alpha)
+  _check_inner_state(inner, inner_state, w)
+  lt, g = jax.value_and_grad(train_loss)(w, alpha)
+
+  def step(g_):  # w'(g): the inner optimiser's real step, as a function of the gradient
+    return optax.apply_updates(w, inner.update(g_, inner_state, w)[0])
+
+  w_prime, step_vjp = jax.vjp(step, g)
+  lv, (v, g_alpha) = jax.value_and_grad(val_loss, argnums=(0, 1))(w_prime, alpha)
+  (u,) = step_vjp(v)
+  total = jax.tree_util.tree_map(jnp.add, g_alpha, mixed_hvp(train_loss, w, alpha, u))
+  return total, _aux(lv, lt, g_alpha, total, tree_norm(v))
 
 
 def finite_difference(train_loss: LossFn, val_loss: LossFn, w: Pytree, alpha: Pytree,

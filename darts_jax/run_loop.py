@@ -18,14 +18,17 @@ randomness from (seed, step)), so a resumed run continues bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
 import time
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 
 from darts_jax import checkpoint as ckpt_lib
+from darts_jax import compile_cache
 from darts_jax import parallel
 from darts_jax.metrics_log import MetricWriter
 
@@ -102,11 +105,63 @@ def restore_latest(checkpoints, state, workdir: str, resumed: bool, steps_per_ep
   return state
 
 
+def _is_alarm(line: bytes) -> bool:
+  text = line.strip()
+  return (b'slow_operation_alarm' in text or b'Very slow compile?' in text
+          or (len(text) > 8 and not text.strip(b'*')))
+
+
+def _forward_without_alarm(read_fd: int, write_fd: int) -> None:
+  dropped = False
+  with os.fdopen(read_fd, 'rb', buffering=0) as pipe:
+    for line in iter(pipe.readline, b''):
+      if _is_alarm(line) or (dropped and not line.strip()):
+        dropped = True
+        continue
+      dropped = False
+      os.write(write_fd, line)
+
+
+@contextlib.contextmanager
+def without_slow_compile_alarm():
+  """Drops XLA's "Very slow compile? If you want to file a bug ..." banner from stderr.
+
+  XLA logs it (as an error, with no switch to turn it off) whenever a compile passes a time
+  limit; on a 2-core CPU a search step passes it, and the banner reads like a crash while the
+  run has already said that it is compiling. XLA writes to file descriptor 2 whatever Python's
+  ``sys.stderr`` is; every other line written there passes through.
+  """
+  target = 2
+  try:
+    sys.stderr.flush()
+    saved = os.dup(target)
+  except OSError:  # no descriptor 2
+    yield
+    return
+  read_fd, write_fd = os.pipe()
+  os.dup2(write_fd, target)
+  os.close(write_fd)
+  forwarder = threading.Thread(target=_forward_without_alarm, args=(read_fd, saved), daemon=True)
+  forwarder.start()
+  try:
+    yield
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, target)  # closes the pipe's last write end: the forwarder reads to its end
+    forwarder.join()
+    os.close(saved)
+
+
 def compile_ahead(step_fn, args: tuple, what: str, log: Callable[[str], None]):
-  """``step_fn`` compiled for ``args`` before the first step, so that its cost is visible."""
-  log(f'compiling {what} ...')
+  """``step_fn`` compiled for ``args`` before the first step, so that its cost is visible.
+  A program compiled before comes from the persistent cache (:mod:`darts_jax.compile_cache`)."""
+  cache = jax.config.jax_compilation_cache_dir
+  log(f'compiling {what} ... ' + (f'(later runs load it from the cache {cache})' if cache
+                                   else '(the compilation cache is off)'))
   t0 = time.perf_counter()
-  compiled = step_fn.lower(*args).compile()
+  with without_slow_compile_alarm():
+    compiled = step_fn.lower(*args).compile()
+  compile_cache.release_compiler_memory()
   log(f'compiled in {time.perf_counter() - t0:.1f} s')
   return compiled
 

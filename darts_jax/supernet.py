@@ -46,6 +46,10 @@ class SupernetConfig:
   primitives: tuple[str, ...] = PRIMITIVES
   ops: registry.OpRegistry = registry.OPS
   depthwise_impl: str = 'auto'
+  # recompute each cell's forward in the backward pass (kernels.recompute_in_backward): a
+  # gradient then holds the cells' inputs and one cell's activations instead of every cell's,
+  # for one more forward
+  remat_cells: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, 'primitives', tuple(self.primitives))
@@ -69,6 +73,8 @@ class SupernetConfig:
     if self.depthwise_impl not in kernels.DEPTHWISE_IMPLS:
       raise ValueError(f'depthwise_impl={self.depthwise_impl!r} is not one of '
                        f'{kernels.DEPTHWISE_IMPLS}')
+    if not isinstance(self.remat_cells, (bool, np.bool_)):
+      raise ValueError(f'SupernetConfig.remat_cells={self.remat_cells!r}: must be True or False')
 
   @property
   def alpha_shape(self) -> tuple[int, int]:
@@ -199,6 +205,33 @@ def check_image_size(shape: 'Sequence[int] | jax.Array', n_reductions: int, in_c
                      f'{n_reductions} reductions: height and width must be multiples of {m}')
 
 
+def cell_specs(config: SupernetConfig) -> tuple[dict, ...]:
+  """Each cell's channels and kind, in order: the original's wiring of the stack."""
+  c_stem = config.stem_multiplier * config.C
+  c_prev_prev, c_prev, c = c_stem, c_stem, config.C
+  reduction_prev, specs = False, []
+  for i in range(config.layers):
+    reduction = i in config.reduction_layers
+    c = 2 * c if reduction else c
+    specs.append(dict(c_prev_prev=c_prev_prev, c_prev=c_prev, c=c, reduction=reduction,
+                      reduction_prev=reduction_prev))
+    reduction_prev = reduction
+    c_prev_prev, c_prev = c_prev, config.multiplier * c
+  return tuple(specs)
+
+
+def _mixing(alphas, dtype):
+  # the mixing weights softmax(alpha) of eq. 2, once per cell type per forward: all cells of a
+  # type share them. They and the mixed sums stay in the alphas' precision (float32 under bf16)
+  return {k: jax.nn.softmax(jnp.asarray(alphas[k], jnp.promote_types(
+      jnp.result_type(alphas[k]), dtype)), axis=-1) for k in alphas}
+
+
+def _check_inputs(images, alphas, cfg):
+  check_alphas(alphas, cfg)
+  check_image_size(images, len(cfg.reduction_layers), cfg.in_channels, what='search network')
+
+
 class SearchNetwork(nn.Module):
   """The original's ``model_search.Network``: stem, cells, global pooling, linear classifier."""
   config: SupernetConfig
@@ -206,26 +239,68 @@ class SearchNetwork(nn.Module):
   @nn.compact
   def __call__(self, images, alphas, train: bool = True):
     cfg = self.config
-    check_alphas(alphas, cfg)
-    check_image_size(images, len(cfg.reduction_layers), cfg.in_channels, what='search network')
+    _check_inputs(images, alphas, cfg)
     c_stem = cfg.stem_multiplier * cfg.C
     x = modules.Conv(cfg.in_channels, c_stem, 3, padding=1, name='stem_conv')(images)
     s0 = s1 = modules.BatchNorm(c_stem, affine=True, name='stem_bn')(x, train)
-    # the mixing weights softmax(alpha) of eq. 2, once per cell type per forward: all cells of a
-    # type share them. They and the mixed sums stay in the alphas' precision (float32 under bf16)
-    mixing = {k: jax.nn.softmax(jnp.asarray(alphas[k], jnp.promote_types(
-        jnp.result_type(alphas[k]), images.dtype)), axis=-1) for k in alphas}
-    c_prev_prev, c_prev, c = c_stem, c_stem, cfg.C
-    reduction_prev = False
-    for i in range(cfg.layers):
-      reduction = i in cfg.reduction_layers
-      if reduction:
-        c *= 2
-      cell = SearchCell(c_prev_prev, c_prev, c, reduction, reduction_prev, cfg, name=f'cell{i}')
-      s0, s1 = s1, cell(s0, s1, mixing['reduce' if reduction else 'normal'], train)
-      reduction_prev = reduction
-      c_prev_prev, c_prev = c_prev, cfg.multiplier * c
-    return modules.Linear(c_prev, cfg.num_classes, name='classifier')(jnp.mean(s1, axis=(1, 2)))
+    mixing = _mixing(alphas, images.dtype)
+    specs = cell_specs(cfg)
+    for i, spec in enumerate(specs):
+      cell = SearchCell(**spec, config=cfg, name=f'cell{i}')
+      s0, s1 = s1, cell(s0, s1, mixing['reduce' if spec['reduction'] else 'normal'], train)
+    c_out = cfg.multiplier * specs[-1]['c']
+    return modules.Linear(c_out, cfg.num_classes, name='classifier')(jnp.mean(s1, axis=(1, 2)))
+
+
+def _cell_function(cell: 'SearchCell', train: bool):
+  """``(weights, batch_stats, s0, s1, mixing) -> (output, new batch_stats)``: one cell as a pure
+  function of its variables."""
+  def f(cell_weights, cell_stats, s0, s1, mixing):
+    variables = {'params': cell_weights, 'batch_stats': cell_stats}
+    if not train:
+      return cell.apply(variables, s0, s1, mixing, False), cell_stats
+    out, updates = cell.apply(variables, s0, s1, mixing, True, mutable=['batch_stats'])
+    return out, updates.get('batch_stats', {})
+  return f
+
+
+def _apply_cellwise(cfg: SupernetConfig, weights, alphas, batch_stats, images, train: bool):
+  """:class:`SearchNetwork`'s forward with each cell a pure function of its variables and
+  inputs, recomputed in the backward pass (``remat_cells``). Returns (logits, new statistics)."""
+  _check_inputs(images, alphas, cfg)
+
+  def run(module, name, *args):  # a part of the network as a pure function of its variables
+    variables = {'params': weights.get(name, {}), 'batch_stats': batch_stats.get(name, {})}
+    if not train:
+      return module.apply(variables, *args, False), batch_stats.get(name, {})
+    out, updates = module.apply(variables, *args, True, mutable=['batch_stats'])
+    return out, updates.get('batch_stats', {})
+
+  new_stats = {}
+
+  def keep(name, stats):
+    if name in batch_stats:  # the statistics' pytree keeps its structure
+      new_stats[name] = stats
+
+  c_stem = cfg.stem_multiplier * cfg.C
+  x = modules.Conv(cfg.in_channels, c_stem, 3, padding=1).apply(
+      {'params': weights['stem_conv']}, images)
+  s1, stats = run(modules.BatchNorm(c_stem, affine=True), 'stem_bn', x)
+  keep('stem_bn', stats)
+  s0 = s1
+  mixing = _mixing(alphas, images.dtype)
+  specs = cell_specs(cfg)
+  for i, spec in enumerate(specs):
+    name = f'cell{i}'
+    cell = _cell_function(SearchCell(**spec, config=cfg), train)
+    out, stats = kernels.recompute_in_backward(cell)(
+        weights[name], batch_stats.get(name, {}), s0, s1,
+        mixing['reduce' if spec['reduction'] else 'normal'])
+    keep(name, stats)
+    s0, s1 = s1, out
+  logits = modules.Linear(cfg.multiplier * specs[-1]['c'], cfg.num_classes).apply(
+      {'params': weights['classifier']}, jnp.mean(s1, axis=(1, 2)))
+  return logits, new_stats
 
 
 class SupernetVariables(NamedTuple):
@@ -280,6 +355,8 @@ def make_apply(config: SupernetConfig):
   model = SearchNetwork(config)
 
   def apply(weights, alphas, batch_stats, images, train: bool = True):
+    if config.remat_cells:
+      return _apply_cellwise(config, weights, alphas, batch_stats, images, train)
     variables = {'params': weights, 'batch_stats': batch_stats}
     if train:
       logits, updates = model.apply(variables, images, alphas, True, mutable=['batch_stats'])

@@ -11,6 +11,8 @@ from typing import Callable, Sequence
 from absl import flags
 from ml_collections import config_flags
 
+from darts_jax import compile_cache
+
 
 class UsageError(Exception):
   """A bad command line; the message is one line that names the bad value."""
@@ -37,6 +39,10 @@ def parse(argv: Sequence[str], default_config: str, extra: Callable | None = Non
         flag_values=values, lock_config=True, sys_argv=list(argv))
     workdir = flags.DEFINE_string('workdir', None, 'Directory holding everything the run writes.',
                                   flag_values=values)
+    use_cache = flags.DEFINE_bool(
+        'compile_cache', True, 'Keep compiled programs in the persistent compilation cache '
+        '($DARTS_JAX_COMPILE_CACHE, default ~/.cache/darts_jax); --nocompile_cache turns it off.',
+        flag_values=values)
     more = extra(values) if extra else {}
     rest = values(list(argv))
   except (KeyError, AttributeError) as e:  # an override of a key the config does not have
@@ -48,6 +54,7 @@ def parse(argv: Sequence[str], default_config: str, extra: Callable | None = Non
     raise UsageError(f'unexpected arguments: {" ".join(rest[1:])}')
   if workdir_required and not workdir.value:
     raise UsageError('--workdir is required (the directory that holds the run)')
+  compile_cache.configure(use_cache.value)  # before anything compiles
   if extra:
     return config.value.to_dict(), workdir.value, {k: v.value for k, v in more.items()}
   return config.value.to_dict(), workdir.value
@@ -66,3 +73,10 @@ def main(run: Callable[..., object], default_config: str, argv: Sequence[str] | 
   except KeyboardInterrupt:
     return 130
   return 0
+
+
+def add_compile_cache_flag(parser) -> None:
+  """``--no_compile_cache`` for the argparse commands (see :mod:`darts_jax.compile_cache`)."""
+  parser.add_argument('--no_compile_cache', action='store_true',
+                      help='do not use the persistent compilation cache '
+                           '($DARTS_JAX_COMPILE_CACHE, default ~/.cache/darts_jax)')

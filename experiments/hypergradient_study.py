@@ -21,6 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from darts_jax import compile_cache
+from experiments import cli
+
 
 def _timed(fn, *args):
   t0 = time.perf_counter()
@@ -137,7 +140,9 @@ def main(argv=None) -> int:
   parser.add_argument('--out', help='write the results as JSON here (after every row)')
   parser.add_argument('--resume', action='store_true',
                       help='keep the rows already in --out and measure only the missing ones')
+  cli.add_compile_cache_flag(parser)
   args = parser.parse_args(argv)
+  compile_cache.configure(not args.no_compile_cache)
   dtypes = args.dtypes.split(',')
   bad = [d for d in dtypes if d not in ('float64', 'float32')]
   if bad:

@@ -15,7 +15,9 @@ import sys
 
 import numpy as np
 
+from darts_jax import compile_cache
 from darts_jax.toy import fixed_point, run_toy
+from experiments import cli
 
 
 def plot(trajectories, path):
@@ -44,7 +46,9 @@ def main(argv=None) -> int:
   parser.add_argument('--out', default='.', help='folder for toy_bilevel.png and endpoints.json')
   parser.add_argument('--xi', default='0,0.3,0.5,0.7', help='comma-separated xi values >= 0')
   parser.add_argument('--steps', type=int, default=2000)
+  cli.add_compile_cache_flag(parser)
   args = parser.parse_args(argv)
+  compile_cache.configure(not args.no_compile_cache)
   try:
     xis = [float(x) for x in args.xi.split(',')]
   except ValueError:

@@ -10,6 +10,9 @@ import argparse
 import json
 import sys
 
+from darts_jax import compile_cache
+from experiments import cli
+
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog='python -m experiments.verify_reference',
@@ -19,7 +22,9 @@ def main(argv=None) -> int:
                       help='float64: exact semantics (the default); float32: a backend\'s '
                            'lowering within round-off')
   parser.add_argument('--out', help='also write the JSON report to this path')
+  cli.add_compile_cache_flag(parser)
   args = parser.parse_args(argv)
+  compile_cache.configure(not args.no_compile_cache)
 
   import jax
   jax.config.update('jax_enable_x64', args.dtype == 'float64')

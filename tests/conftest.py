@@ -26,6 +26,16 @@ for _flag in TEST_FLAGS:
     os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}".strip()
 # read by jax at import, so subprocesses (the CLI and multi-process tests) are strict too
 os.environ['JAX_NUMPY_RANK_PROMOTION'] = 'raise'
+# The persistent compilation cache, as every command has it (darts_jax.compile_cache): test
+# processes and their subprocesses load what another one compiled. DARTS_JAX_COMPILE_CACHE=off
+# turns it off.
+from darts_jax import compile_cache  # noqa: E402  (imports no jax)
+_cache = compile_cache.cache_dir()
+if _cache is not None:
+  os.makedirs(_cache, exist_ok=True)
+  os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _cache)
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS',
+                        str(compile_cache.MIN_COMPILE_SECONDS))
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ ROW_FIELDS = {'preset': str, 'row': str, 'backend': str, 'device': str, 'jax': s
               'step_min_s': float, 'step_max_s': float, 'steps': int, 'peak_memory_gb': float,
               'memory_kind': str, 'gflop_per_step': float, 'achieved_gflops': float,
               'finite': bool, 'depthwise_impl': str, 'compute_dtype': str, 'layers': int, 'C': int,
-              'batch': int}
+              'batch': int, 'compile_peak_gb': float, 'step_memory_gb': float,
+              'argument_gb': float, 'output_gb': float, 'temp_gb': float, 'alias_gb': float}
 
 
 def _run(args, tmp_path, timeout=900):
@@ -36,6 +37,10 @@ def _check_row(row):
   assert 0 < row['step_min_s'] <= row['step_median_s'] <= row['step_max_s']
   assert 0 < row['lower_s'] < row['compile_s']
   assert row['gflop_per_step'] > 0 and row['peak_memory_gb'] > 0
+  # the step's own memory as XLA planned it: arguments + outputs + temporaries - donated reuse
+  np.testing.assert_allclose(row['step_memory_gb'], row['argument_gb'] + row['output_gb']
+                             + row['temp_gb'] - row['alias_gb'], atol=2e-3)
+  assert 0 < row['temp_gb'] < row['compile_peak_gb'] <= row['peak_memory_gb'] + 1e-9
   np.testing.assert_allclose(row['achieved_gflops'],
                              row['gflop_per_step'] / row['step_median_s'], rtol=0.05)
 
@@ -43,13 +48,15 @@ def _check_row(row):
 @pytest.mark.slow
 def test_search_step_benchmark_tiny(tmp_path):
   proc, result = _run(['benchmarks.search_step', '--preset', 'tiny', '--estimators',
-                       'weight_step,first_order', '--steps', '2'], tmp_path)
+                       'weight_step,first_order', '--steps', '2', '--cache_check'], tmp_path)
   assert proc.returncode == 0, proc.stderr
   assert result['failures'] == {} and [r['row'] for r in result['rows']] == ['weight_step',
                                                                               'first_order']
   for row in result['rows']:
     _check_row(row)
     assert (row['layers'], row['C'], row['batch'], row['steps']) == (3, 4, 8, 2)
+    # a second process compiled the same step from the cache the first one filled
+    assert 0 < row['cached_lower_s'] <= row['cached_compile_s']
   weight, first = result['rows']
   # a search step is an alpha step plus a weight step: more work than the weight step alone
   assert first['gflop_per_step'] > weight['gflop_per_step']
@@ -74,6 +81,9 @@ def test_train_step_benchmark_tiny(tmp_path):
      "'second_order' is not a row; allowed: first_order, exact"),
     (['benchmarks.search_step', '--steps', '0'], '--steps=0: must be >= 1'),
     (['benchmarks.train_step', '--genotype', 'DARTS_V9'], '--genotype: '),
+    (['benchmarks.original_step', '--darts_src', '/nonexistent'], 'holds no model_search.py'),
+    (['benchmarks.original_step', '--darts_src', '.', '--orders', 'third'],
+     "--orders='third': give 'first', 'second' or both"),
 ])
 def test_bad_flags_are_one_line_errors(tmp_path, args, message):
   proc, result = _run(args, tmp_path, timeout=120)

@@ -241,3 +241,62 @@ def test_unrolled_matches_central_differences_on_a_tiny_supernet(x64):
     numeric = (objective(hg.tree_axpy(eps, d, alphas), data)
                - objective(hg.tree_axpy(-eps, d, alphas), data)) / (2 * eps)
     assert float(hg.tree_vdot(g, d)) == pytest.approx(float(numeric), rel=1e-6)
+
+
+# ---- exact (the chain rule in pieces) equals unrolled K = 1 (one program) -----------------
+
+
+def test_exact_equals_unrolled_one_step_for_any_inner_optimiser(x64):
+  """u = (dw'/dg)^T v is taken by the optimiser's own VJP: Adam's step is not linear in g."""
+  w = {'w': jnp.array([0.3, -1.0, 0.7])}
+  a = jnp.array([0.5, 2.0, -0.4])
+  train = lambda w, a: jnp.sum(jnp.sin(w['w'] * a) ** 2 + w['w'] ** 2 * jnp.exp(a))
+  val = lambda w, a: jnp.sum(jnp.cos(w['w'] + a) * w['w'])
+  for inner in (optax.adam(0.1), optax.chain(optax.add_decayed_weights(0.1),
+                                             optax.sgd(0.2, momentum=0.9))):
+    state = inner.init(w)
+    g_exact, aux_exact = hg.second_order(train, val, w, a, inner, state)
+    g_unrolled, aux_unrolled = hg.unrolled(train, val, w, a, inner, state, inner_steps=1)
+    assert float(hg.relative_error(g_exact, g_unrolled)) <= 1e-14
+    assert float(aux_exact.val_loss) == pytest.approx(float(aux_unrolled.val_loss), rel=1e-15)
+
+
+def _supernet_problem(config, seed, image=8):
+  from darts_jax.supernet import init_alphas, init_supernet
+  variables = init_supernet(jax.random.PRNGKey(seed), config, (image, image), jnp.float64)
+  alphas = init_alphas(jax.random.PRNGKey(seed + 1), config, jnp.float64, scale=0.5)
+  key_t, key_v, key_b = jax.random.split(jax.random.PRNGKey(seed + 2), 3)
+  train = (jax.random.normal(key_t, (4, image, image, 3), jnp.float64), jnp.array([0, 1, 2, 3]))
+  val = (jax.random.normal(key_v, (4, image, image, 3), jnp.float64), jnp.array([3, 2, 1, 0]))
+  leaves, tree = jax.tree_util.tree_flatten(variables.weights)
+  keys = jax.random.split(key_b, len(leaves))
+  buf = tree.unflatten([0.1 * jax.random.normal(k, x.shape, x.dtype)
+                        for k, x in zip(keys, leaves)])
+  return variables, alphas, train, val, buf
+
+
+@pytest.mark.slow
+def test_exact_equals_unrolled_one_step_on_random_supernets(x64):
+  """eq. 6 by the chain rule in pieces (``second_order``) against jax.grad through the whole
+  step (``unrolled``, K = 1), float64, to 1e-12, on supernets with per-cell remat (as the
+  paper-size search runs) and random weights, momentum buffers and batches. Ops: one of each
+  kind (pooling, identity, separable and dilated convolution), to keep the compile short; the
+  reference file covers all eight."""
+  from darts_jax.supernet import SupernetConfig, make_loss
+  inner = optax.chain(optax.add_decayed_weights(3e-4), optax.sgd(0.1, momentum=0.9))
+  config = SupernetConfig(C=2, layers=3, remat_cells=True, primitives=(
+      'none', 'max_pool_3x3', 'skip_connect', 'sep_conv_3x3', 'dil_conv_3x3'))
+  loss = make_loss(config)
+
+  @jax.jit
+  def both(weights, alphas, stats, train, val, buf):
+    state = optax.tree_utils.tree_set(inner.init(weights), trace=buf)
+    args = (hg.bind_loss(loss, stats, train), hg.bind_loss(loss, stats, val), weights, alphas,
+            inner, state)
+    return hg.second_order(*args)[0], hg.unrolled(*args, inner_steps=1)[0]
+
+  for seed in (0, 5):
+    variables, alphas, train, val, buf = _supernet_problem(config, seed)
+    exact, unrolled = both(variables.weights, alphas, variables.batch_stats, train, val, buf)
+    assert float(hg.relative_error(exact, unrolled)) <= 1e-12, seed
+    assert float(hg.tree_norm(exact)) > 0

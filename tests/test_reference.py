@@ -41,7 +41,8 @@ def report(cli_run):
     ('search/grad_w_train', 1e-8), ('search/grad_alphas_train', 1e-8),
     ('search/hypergrad_first_order', 1e-8), ('search/hypergrad_exact', 1e-8),
     ('search/hypergrad_exact_nomomentum', 1e-8), ('search/hypergrad_fd', 1e-6),
-    ('search/hypergrad_fd_nomomentum', 1e-6), ('eval/logits_eval', 1e-9),
+    ('search/hypergrad_fd_nomomentum', 1e-6), ('search/exact_vs_unrolled', 1e-12),
+    ('eval/logits_eval', 1e-9),
     ('eval/logits_train', 1e-9), ('eval/logits_aux_train', 1e-9),
     ('search/step/alphas_normal', 1e-8), ('search/step/alphas_reduce', 1e-8),
     ('search/step/w', 1e-8), ('search/step/loss_train', 1e-8)])
@@ -69,7 +70,8 @@ def test_cli_prints_report_and_exits_0(cli_run, report):
   assert report['quantities']['genotypes']['matched'] == 20
 
 
-def test_cli_bad_file(tmp_path, capsys):
+def test_cli_bad_file(tmp_path, capsys, x64):
+  # x64: main() switches float64 on for the process; the fixture switches it back afterwards
   from experiments import verify_reference
   bad = tmp_path / 'bad.npz'
   np.savez(bad, x=np.zeros(3))

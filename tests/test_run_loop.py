@@ -89,7 +89,7 @@ def test_runs_every_step_and_writes_a_record_per_epoch(tmp_path):
   assert sum(r['kind'] == 'train' for r in lines) == EPOCHS * SPE  # log_every=1
   assert [r['epoch'] for r in lines if r['kind'] == 'epoch'] == [1, 2, 3]
   assert latest_checkpoint(str(tmp_path / 'checkpoints')) == EPOCHS * SPE
-  assert logs[:2] == ['intro at step 0', 'compiling the toy step ...']
+  assert logs[0] == 'intro at step 0' and logs[1].startswith('compiling the toy step ... (')
   assert 'epoch 3 loss' in logs[-1]
 
 
@@ -114,3 +114,15 @@ def test_nonfinite_step_stops_and_keeps_the_last_good_checkpoint(tmp_path):
                            r'good checkpoint: step 6 in'):
     _run(tmp_path, data)
   assert latest_checkpoint(str(tmp_path / 'checkpoints')) == 6
+
+
+def test_xla_slow_compile_banner_is_dropped_and_other_lines_kept(capfd):
+  import os
+  from darts_jax.run_loop import without_slow_compile_alarm
+  banner = (b'2026-11-30 07:00:00.000000: E external/xla/xla/service/slow_operation_alarm.cc:73] '
+            b'\n********************************\n[Compiling module jit_step] Very slow compile? '
+            b'If you want to file a bug, run with envvar XLA_FLAGS=--xla_dump_to=/tmp/foo and '
+            b'attach the results.\n********************************\n')
+  with without_slow_compile_alarm():
+    os.write(2, b'before\n' + banner + b'\nafter\n')
+  assert capfd.readouterr().err == 'before\nafter\n'

@@ -177,3 +177,25 @@ def test_user_op_joins_the_search():
       variables.weights)
   g = [x for path, x in jax.tree_util.tree_flatten_with_path(grads)[0] if path[-1].key == 'a']
   assert len(g) == len(scale_leaves) and all(np.any(np.asarray(x) != 0) for x in g)
+
+
+def test_remat_changes_memory_not_numbers(x64):
+  """Per-cell rematerialisation recomputes the same forward: loss, gradients and BN statistics
+  equal the plain network's to round-off (float64)."""
+  plain = SupernetConfig(C=2, layers=3, primitives=('max_pool_3x3', 'skip_connect',
+                                                    'sep_conv_3x3'))
+  remat = SupernetConfig(C=2, layers=3, primitives=plain.primitives, remat_cells=True)
+  v = init_supernet(jax.random.PRNGKey(0), plain, (8, 8), jnp.float64)
+  alphas = init_alphas(jax.random.PRNGKey(1), plain, jnp.float64, scale=0.5)
+  batch = (jax.random.normal(jax.random.PRNGKey(2), (4, 8, 8, 3), jnp.float64),
+           jnp.array([0, 1, 2, 3]))
+  outs = [jax.jit(jax.value_and_grad(make_loss(c), argnums=(0, 1), has_aux=True))(
+      v.weights, alphas, v.batch_stats, batch) for c in (plain, remat)]
+  (l0, aux0), g0 = outs[0]
+  (l1, aux1), g1 = outs[1]
+  assert abs(float(l0) - float(l1)) <= 1e-14 * abs(float(l0))
+  for a, b in zip(jax.tree_util.tree_leaves((g0, aux0.batch_stats)),
+                  jax.tree_util.tree_leaves((g1, aux1.batch_stats))):
+    assert float(jnp.max(jnp.abs(a - b))) <= 1e-12 * max(float(jnp.max(jnp.abs(a))), 1e-30)
+  with pytest.raises(ValueError, match='remat_cells=1: must be True or False'):
+    SupernetConfig(remat_cells=1)
