@@ -43,12 +43,19 @@ def step_memory_bytes(compiled) -> dict:
           **{f'{k}_gb': round(v / 2**30, 3) for k, v in sizes.items()}}
 
 
-def time_step(jitted, args: tuple, steps: int,
-              advance: Callable[[Any, tuple], tuple]) -> tuple[dict, Any]:
+def flops(cost) -> float:
+  """The FLOP count of an XLA cost analysis (a dict, or a list of one in some jax versions)."""
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get('flops', float('nan'))) if cost else float('nan')
+
+
+def time_step(jitted, args: tuple, steps: int, advance: Callable[[Any, tuple], tuple],
+              flops_of: Callable[[], float] | None = None) -> tuple[dict, Any]:
   """Lowers and compiles ``jitted`` for ``args``, runs one warm-up step, then times ``steps``
   device-synchronised steps; returns (the row, the last output). ``advance(output, args)`` gives
   the next call's arguments (the state is donated: each call takes the previous call's output).
-  ``compile_s`` counts tracing, lowering and XLA compilation; ``lower_s`` the first two."""
+  ``compile_s`` counts tracing, lowering and XLA compilation; ``lower_s`` the first two.
+  FLOPs are XLA's count for the compiled step, or ``flops_of()`` (called after the timing)."""
   import jax
   t0 = time.perf_counter()
   lowered = jitted.lower(*args)
@@ -59,9 +66,7 @@ def time_step(jitted, args: tuple, steps: int,
   from darts_jax.compile_cache import release_compiler_memory
   release_compiler_memory()  # as the runs do (run_loop.compile_ahead)
   step_memory = step_memory_bytes(compiled)
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get('flops', float('nan'))) if cost else float('nan')
+  step_flops = flops(compiled.cost_analysis())
   if steps == 0:  # compile only (the cached-compile child of run_row)
     return {'lower_s': round(t1 - t0, 2), 'compile_s': round(t2 - t0, 2)}, None
   out = compiled(*args)
@@ -75,6 +80,8 @@ def time_step(jitted, args: tuple, steps: int,
     times.append(time.perf_counter() - t)
   memory, memory_kind = peak_memory_gb()
   median = statistics.median(times)
+  if flops_of is not None:
+    step_flops = flops_of()
   return {'backend': jax.default_backend(), 'device': jax.devices()[0].device_kind,
           'jax': jax.__version__, 'python': platform.python_version(),
           'lower_s': round(t1 - t0, 2), 'compile_s': round(t2 - t0, 2),
@@ -82,8 +89,8 @@ def time_step(jitted, args: tuple, steps: int,
           'step_max_s': round(max(times), 4), 'steps': steps,
           'peak_memory_gb': round(memory, 3), 'memory_kind': memory_kind,
           'compile_peak_gb': round(compile_peak, 3), **step_memory,
-          'gflop_per_step': round(flops / 1e9, 3),
-          'achieved_gflops': round(flops / 1e9 / median, 2)}, out
+          'gflop_per_step': round(step_flops / 1e9, 3),
+          'achieved_gflops': round(step_flops / 1e9 / median, 2)}, out
 
 
 def add_run_flags(parser, timeout_help: str) -> None:

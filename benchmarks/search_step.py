@@ -18,6 +18,7 @@ configurations of ``shared/BASELINE.md``; ``tiny`` (3 cells, C=4, batch 8) is fo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from benchmarks import common
@@ -28,11 +29,13 @@ ROWS = ('first_order', 'exact', 'finite_difference', 'unrolled', 'implicit', 'we
 
 
 def measure(preset: str, row: str, steps: int, depthwise_impl: str = 'auto',
-            compute_dtype: str = 'float32', remat_cells: bool = False) -> dict:
+            compute_dtype: str = 'float32', remat_cells: bool = False,
+            loop_gradients: bool = True) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
 
+  from darts_jax import gradient_loop
   from darts_jax import hypergradient as hg
   from darts_jax import search as S
   from darts_jax.parallel import make_mesh
@@ -42,7 +45,7 @@ def measure(preset: str, row: str, steps: int, depthwise_impl: str = 'auto',
   net = SupernetConfig(C=p['C'], layers=p['layers'], depthwise_impl=depthwise_impl,
                        remat_cells=remat_cells)
   hp = S.SearchHParams(estimator='first_order' if row == 'weight_step' else row,
-                       unrolled_steps=2)
+                       unrolled_steps=2, loop_gradients=loop_gradients)
   variables = init_supernet(jax.random.PRNGKey(0), net)
   state = S.init_search_state(hp, variables.weights, init_alphas(jax.random.PRNGKey(1), net),
                               variables.batch_stats, jax.random.PRNGKey(2))
@@ -62,14 +65,24 @@ def measure(preset: str, row: str, steps: int, depthwise_impl: str = 'auto',
                                    lambda out, args: (out, args[1]))
   else:
     jitted = S.jit_search_step(hp, loss, make_mesh(1))
+    flops_of = None
+    if loop_gradients and row in gradient_loop.ESTIMATORS:
+      # XLA's cost analysis counts a loop body once: count the same step written out instead
+      # (lowered only, never compiled)
+      written = S.jit_search_step(dataclasses.replace(hp, loop_gradients=False), loss,
+                                  make_mesh(1))
+      shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                      (state, train, val))
+      flops_of = lambda: common.flops(written.lower(*shapes).cost_analysis())  # noqa: E731
     result, out = common.time_step(jitted, (state, train, val), steps,
-                                   lambda out, args: (out[0], *args[1:]))
+                                   lambda out, args: (out[0], *args[1:]), flops_of)
   if out is None:  # compiled only
     return result
   state = out if row == 'weight_step' else out[0]
   finite = bool(np.isfinite(float(hg.tree_norm(state.weights))))
   return {'preset': preset, **p, 'row': row, 'depthwise_impl': depthwise_impl,
-          'compute_dtype': compute_dtype, 'remat_cells': remat_cells, **result,
+          'compute_dtype': compute_dtype, 'remat_cells': remat_cells,
+          'loop_gradients': loop_gradients, **result,
           'finite': finite}
 
 
@@ -97,6 +110,9 @@ def main(argv=None) -> int:
   parser.add_argument('--out', help='write the rows and ratios as JSON here')
   parser.add_argument('--remat_cells', action='store_true',
                       help="recompute each cell's forward in the backward pass")
+  parser.add_argument('--written_out', action='store_true',
+                      help='each loss derivative its own copy in the program '
+                           '(loop_gradients=False), as before darts_jax.gradient_loop')
   common.add_run_flags(parser, 'seconds allowed per row, compile included')
   args = parser.parse_args(argv)
   names = [n for n in args.estimators.split(',') if n]
@@ -113,7 +129,7 @@ def main(argv=None) -> int:
     import json
     common.use_compile_cache(args.compile_cache)
     print(json.dumps(measure(args.preset, names[0], args.steps, args.depthwise_impl,
-                             args.compute_dtype, args.remat_cells)))
+                             args.compute_dtype, args.remat_cells, not args.written_out)))
     return 0
   rows, failures = [], {}
   print(common.header(f'{args.preset}: row'), flush=True)
@@ -121,7 +137,8 @@ def main(argv=None) -> int:
     row, why = common.run_row('benchmarks.search_step',
                               ['--preset', args.preset, '--estimators', name, '--depthwise_impl',
                                args.depthwise_impl, '--compute_dtype', args.compute_dtype]
-                              + ['--remat_cells'] * args.remat_cells, args)
+                              + ['--remat_cells'] * args.remat_cells
+                              + ['--written_out'] * args.written_out, args)
     if row is None:
       failures[name] = why
       print(f'{name:22} {why}', flush=True)
@@ -132,7 +149,8 @@ def main(argv=None) -> int:
   for key, value in found.items():
     print(f'{key}: {value}')
   common.write_json(args.out, {'preset': args.preset, **PRESETS[args.preset],
-                               'remat_cells': args.remat_cells, 'rows': rows,
+                               'remat_cells': args.remat_cells,
+                               'loop_gradients': not args.written_out, 'rows': rows,
                                'ratios': found, 'failures': failures})
   return 0 if rows else 1
 

@@ -162,8 +162,9 @@ def inner_step(train_loss: LossFn, w: Pytree, alpha: Pytree, inner: optax.Gradie
   return optax.apply_updates(w, updates), new_state, loss
 
 
-def _aux(val_loss, train_loss, direct, total, v_norm, residual=jnp.nan, iterations=-1,
-         converged=True) -> HypergradientAux:
+def hypergradient_aux(val_loss, train_loss, direct, total, v_norm, residual=jnp.nan,
+                      iterations=-1, converged=True) -> HypergradientAux:
+  """The diagnostics of a hypergradient ``total`` whose first-order part is ``direct``."""
   return HypergradientAux(val_loss, jnp.asarray(train_loss, jnp.result_type(val_loss)),
                           tree_norm(direct), tree_norm(tree_sub(total, direct)), v_norm,
                           jnp.asarray(residual), jnp.asarray(iterations), jnp.asarray(converged))
@@ -179,7 +180,7 @@ def first_order(train_loss: LossFn, val_loss: LossFn, w: Pytree, alpha: Pytree
   """DARTS first order: grad_alpha L_val(w, alpha), i.e. xi = 0 in eq. (6)."""
   _check_inputs(w, alpha)
   lv, (g_w, g_alpha) = jax.value_and_grad(val_loss, argnums=(0, 1))(w, alpha)
-  return g_alpha, _aux(lv, jnp.nan, g_alpha, g_alpha, tree_norm(g_w))
+  return g_alpha, hypergradient_aux(lv, jnp.nan, g_alpha, g_alpha, tree_norm(g_w))
 
 
 def unrolled(train_loss: LossFn, val_loss: LossFn, w: Pytree, alpha: Pytree,
@@ -214,7 +215,7 @@ def unrolled(train_loss: LossFn, val_loss: LossFn, w: Pytree, alpha: Pytree,
   (lv, lt), (indirect, direct, v) = jax.value_and_grad(objective, argnums=(0, 1, 2),
                                                        has_aux=True)(alpha, alpha, zeros)
   total = jax.tree_util.tree_map(jnp.add, indirect, direct)
-  return total, _aux(lv, lt, direct, total, tree_norm(v))
+  return total, hypergradient_aux(lv, lt, direct, total, tree_norm(v))
 
 
 def second_order(train_loss: LossFn, val_loss: LossFn, w: Pytree, alpha: Pytree,
@@ -245,7 +246,7 @@ def second_order(train_loss: LossFn, val_loss: LossFn, w: Pytree, alpha: Pytree,
   lv, (v, g_alpha) = jax.value_and_grad(val_loss, argnums=(0, 1))(w_prime, alpha)
   (u,) = step_vjp(v)
   total = jax.tree_util.tree_map(jnp.add, g_alpha, mixed_hvp(train_loss, w, alpha, u))
-  return total, _aux(lv, lt, g_alpha, total, tree_norm(v))
+  return total, hypergradient_aux(lv, lt, g_alpha, total, tree_norm(v))
 
 
 def finite_difference(train_loss: LossFn, val_loss: LossFn, w: Pytree, alpha: Pytree,
@@ -270,7 +271,7 @@ def finite_difference(train_loss: LossFn, val_loss: LossFn, w: Pytree, alpha: Py
   g_minus = grad_alpha_train(tree_axpy(-eps, v, w), alpha)
   hv = jax.tree_util.tree_map(lambda p, m: (p - m) / (2 * eps), g_plus, g_minus)
   total = tree_axpy(-xi, hv, g_alpha)
-  return total, _aux(lv, lt, g_alpha, total, v_norm)
+  return total, hypergradient_aux(lv, lt, g_alpha, total, v_norm)
 
 
 def conjugate_gradient(matvec: Callable[[Pytree], Pytree], b: Pytree, maxiter: int = 100,
@@ -344,8 +345,8 @@ def implicit(train_loss: LossFn, val_loss: LossFn, w: Pytree, alpha: Pytree,
                        f'neumann_lr={neumann_lr!r} > 0')
     q, residual, iterations = neumann(matvec, v, neumann_terms, neumann_lr)
   total = tree_sub(g_alpha, mixed_hvp(train_loss, w, alpha, q))
-  return total, _aux(lv, jnp.nan, g_alpha, total, tree_norm(v), residual,
-                     iterations, residual <= tol)
+  return total, hypergradient_aux(lv, jnp.nan, g_alpha, total, tree_norm(v), residual,
+                                  iterations, residual <= tol)
 
 
 class Estimator(NamedTuple):

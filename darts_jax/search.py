@@ -25,6 +25,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from darts_jax import gradient_loop
 from darts_jax import hypergradient as hg
 from darts_jax.optim import clip_by_global_norm_torch, cosine_per_epoch, epoch_sums, keep_if_finite
 
@@ -58,6 +59,9 @@ class SearchHParams:
   implicit_damping: float = 1.0
   neumann_terms: int = 20
   neumann_lr: float = 0.01
+  # run the step's loss derivatives as one loop (gradient_loop), so XLA compiles each distinct
+  # derivative program once; first_order, exact and finite_difference (the others run inline)
+  loop_gradients: bool = True
 
   def __post_init__(self):
     for name in ('epochs', 'steps_per_epoch'):
@@ -72,6 +76,8 @@ class SearchHParams:
         raise ValueError(f'{name}={getattr(self, name)!r}: must be >= 0')
     if not self.grad_clip > 0:
       raise ValueError(f'grad_clip={self.grad_clip!r}: must be > 0')
+    if not isinstance(self.loop_gradients, (bool, np.bool_)):
+      raise ValueError(f'loop_gradients={self.loop_gradients!r}: must be True or False')
     hypergradient_estimator(self)  # the estimator's name and settings, checked once
 
 
@@ -181,6 +187,53 @@ def weight_step(hp: SearchHParams, loss: Callable, weights: Pytree, alphas: Pytr
   return optax.apply_updates(weights, w_updates), w_opt_state, train_loss, loss_aux, g_w
 
 
+class _Halves(NamedTuple):
+  """Both halves of a search step: the alpha step and the weight step after it."""
+  g_alpha: Pytree
+  aux: hg.HypergradientAux
+  alphas: Pytree
+  alpha_opt_state: Any
+  weights: Pytree
+  w_opt_state: Any
+  train_loss: jax.Array
+  loss_aux: Any
+  g_w: Pytree
+
+
+def _alpha_step(hp: SearchHParams, alphas, alpha_opt_state, g_alpha):
+  updates, alpha_opt_state = alpha_optimizer(hp).update(g_alpha, alpha_opt_state, alphas)
+  return optax.apply_updates(alphas, updates), alpha_opt_state
+
+
+def _inline_halves(hp, loss, state: SearchState, train, val) -> _Halves:
+  # alpha step: eq. (6) (or the configured estimator), then Adam
+  g_alpha, aux = alpha_gradient(hp, loss, state, train, val)
+  alphas, alpha_opt_state = _alpha_step(hp, state.alphas, state.alpha_opt_state, g_alpha)
+  weights, w_opt_state, train_loss, loss_aux, g_w = weight_step(
+      hp, loss, state.weights, alphas, state.batch_stats, state.w_opt_state, train)
+  return _Halves(g_alpha, aux, alphas, alpha_opt_state, weights, w_opt_state, train_loss,
+                 loss_aux, g_w)
+
+
+def _looped_halves(hp, loss, state: SearchState, train, val) -> _Halves:
+  # the same numbers as _inline_halves, with every loss derivative a call of one loop
+  estimator = gradient_loop.plan(hp.estimator, weight_inner_optimizer(hp), state.weights,
+                                 state.alphas, state.w_opt_state[1],
+                                 current_weight_lr(hp, state.step), train, val, hp.fd_r)
+
+  def alpha_step(r):  # Adam on the hypergradient; cheap, so recomputed where it is needed
+    g_alpha, aux = estimator.finish(r)
+    return (g_alpha, aux) + _alpha_step(hp, state.alphas, state.alpha_opt_state, g_alpha)
+
+  weight_call = gradient_loop.Call(  # grad_w L_train(w, alpha_new)
+      gradient_loop.GRADIENT, lambda r: gradient_loop.Probe(state.weights, alpha_step(r)[2], train))
+  r = gradient_loop.run(loss, state.batch_stats, estimator.calls + (weight_call,))
+  last = r(len(estimator.calls))
+  w_updates, w_opt_state = weight_optimizer(hp).update(last.g_w, state.w_opt_state, state.weights)
+  return _Halves(*alpha_step(r), optax.apply_updates(state.weights, w_updates), w_opt_state,
+                 last.loss, last.aux, last.g_w)
+
+
 def search_step(hp: SearchHParams, loss: Callable, state: SearchState, train: Batch, val: Batch,
                 preprocess: Callable | None = None) -> tuple[SearchState, hg.HypergradientAux]:
   """One DARTS search step (Algorithm 1): alpha first, then w on the train batch with the new
@@ -194,28 +247,22 @@ def search_step(hp: SearchHParams, loss: Callable, state: SearchState, train: Ba
     train = (preprocess(k_train, train[0]), train[1])
     val = (preprocess(k_val, val[0]), val[1])
 
-  # alpha step: eq. (6) (or the configured estimator), then Adam
-  g_alpha, aux = alpha_gradient(hp, loss, state, train, val)
-  a_updates, alpha_opt_state = alpha_optimizer(hp).update(g_alpha, state.alpha_opt_state,
-                                                          state.alphas)
-  alphas = optax.apply_updates(state.alphas, a_updates)
-
-  weights, w_opt_state, train_loss, loss_aux, g_w = weight_step(
-      hp, loss, state.weights, alphas, state.batch_stats, state.w_opt_state, train)
+  looped = hp.loop_gradients and hp.estimator in gradient_loop.ESTIMATORS
+  h = (_looped_halves if looped else _inline_halves)(hp, loss, state, train, val)
 
   labels = train[1]
-  correct = jnp.sum(jnp.argmax(loss_aux.logits, -1) == labels).astype(jnp.int32)
-  hypergrad_norm = hg.tree_norm(g_alpha)
+  correct = jnp.sum(jnp.argmax(h.loss_aux.logits, -1) == labels).astype(jnp.int32)
+  hypergrad_norm = hg.tree_norm(h.g_alpha)
   previous = epoch_sums(state.metrics, state.step, hp.steps_per_epoch)
   metrics = SearchMetrics(
-      previous.steps + 1, previous.train_loss + train_loss.astype(previous.train_loss.dtype),
+      previous.steps + 1, previous.train_loss + h.train_loss.astype(previous.train_loss.dtype),
       previous.train_correct + correct, previous.train_examples + labels.shape[0],
-      previous.val_loss + aux.val_loss.astype(previous.val_loss.dtype),
+      previous.val_loss + h.aux.val_loss.astype(previous.val_loss.dtype),
       previous.hypergrad_norm + hypergrad_norm.astype(previous.hypergrad_norm.dtype))
-  new = SearchState(state.step + 1, weights, alphas, loss_aux.batch_stats, w_opt_state,
-                    alpha_opt_state, state.rng, metrics, state.nonfinite_step)
+  new = SearchState(state.step + 1, h.weights, h.alphas, h.loss_aux.batch_stats, h.w_opt_state,
+                    h.alpha_opt_state, state.rng, metrics, state.nonfinite_step)
 
-  return keep_if_finite(new, state, train_loss, aux.val_loss, g_alpha, g_w), aux
+  return keep_if_finite(new, state, h.train_loss, h.aux.val_loss, h.g_alpha, h.g_w), h.aux
 
 
 # ----------------------------------------------------------------------------------------------

@@ -27,9 +27,11 @@ from darts_jax.spaces import SearchSpace
 from darts_jax.spaces import cnn
 
 # config keys that may change between a run and its resumption (they do not change results)
-# remat_cells changes memory, not one number: a run may resume with it on or off
+# remat_cells and loop_gradients change memory and compile time, not one number: a run may
+# resume with either on or off
 MAY_DIFFER = ('log_every', 'checkpoint_every', 'keep_checkpoints', 'plots', 'tensorboard',
-              'progress', 'data_dir', 'download', 'remat_cells') + run_config.PROCESS_KEYS
+              'progress', 'data_dir', 'download', 'remat_cells',
+              'loop_gradients') + run_config.PROCESS_KEYS
 # what shard_weights splits over the devices: the weights and their momentum
 SHARDED_FIELDS = ('weights', 'w_opt_state')
 # epoch-record keys that go to TensorBoard

@@ -284,7 +284,7 @@ def test_exact_equals_unrolled_one_step_on_random_supernets(x64):
   reference file covers all eight."""
   from darts_jax.supernet import SupernetConfig, make_loss
   inner = optax.chain(optax.add_decayed_weights(3e-4), optax.sgd(0.1, momentum=0.9))
-  config = SupernetConfig(C=2, layers=3, remat_cells=True, primitives=(
+  config = SupernetConfig(C=2, layers=2, remat_cells=True, primitives=(
       'none', 'max_pool_3x3', 'skip_connect', 'sep_conv_3x3', 'dil_conv_3x3'))
   loss = make_loss(config)
 

@@ -136,6 +136,8 @@ def test_bad_hparams_are_one_line_errors():
     S.SearchHParams(unrolled_steps=0)
   with pytest.raises(ValueError, match='fd_r=0'):
     S.SearchHParams(fd_r=0)
+  with pytest.raises(ValueError, match="loop_gradients='yes': must be True or False"):
+    S.SearchHParams(loop_gradients='yes')
   with pytest.raises(ValueError, match="implicit_solver='lu': must be 'cg' or 'neumann'"):
     S.SearchHParams(implicit_solver='lu')
   with pytest.raises(ValueError, match='w_lr=0'):

@@ -122,7 +122,8 @@ def _numpy_conv3x3(x, k):
 
 @pytest.mark.slow
 def test_loss_contract_batch_stats_and_no_recompile(x64):
-  config = SupernetConfig(C=2, layers=3)
+  # the contract does not depend on the ops: three of them keep the float64 compile short
+  config = SupernetConfig(C=2, layers=2, primitives=('none', 'skip_connect', 'sep_conv_3x3'))
   variables = init_supernet(jax.random.PRNGKey(0), config, (8, 8), jnp.float64)
   alphas = init_alphas(jax.random.PRNGKey(1), config, jnp.float64)
   x, y = _batch()

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from darts_jax import gradient_loop as gl
 from darts_jax import hypergradient as hg
 from darts_jax import interop
 from darts_jax import search as search_lib
@@ -108,25 +109,44 @@ def search_config(meta: Mapping[str, Any]) -> SupernetConfig:
                         primitives=tuple(m.get('primitives', ())) or PRIMITIVES)
 
 
+def _inner(wd: float, momentum: float, xi) -> optax.GradientTransformation:
+  # the reference's virtual step: SGD(xi, momentum) + weight decay, from the file's buffer
+  return optax.chain(optax.add_decayed_weights(wd), optax.sgd(xi, momentum=momentum))
+
+
 @functools.lru_cache(maxsize=8)
-def _search_value_and_grad(config: SupernetConfig):
+def _derivatives(config: SupernetConfig, second_order: tuple[tuple[str, bool], ...], wd: float,
+                 momentum: float, r: float):
+  """jit: the gradients at (w, alpha) on both batches, then each (estimator, with the momentum
+  buffer) of ``second_order``, as the search computes them (``gradient_loop``), all in one loop:
+  each derivative program is compiled once for every quantity."""
   loss = make_loss(config)
-  return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+
+  @jax.jit
+  def run(weights, alphas, stats, train, val, buffers, xi):
+    inner = _inner(wd, momentum, xi)
+    at_w = gl.Plan(tuple(gl.Call(gl.GRADIENT, lambda _, b=b: gl.Probe(weights, alphas, b))
+                         for b in (train, val)), lambda r: (r(0), r(1)))
+    plans = [gl.plan(estimator, inner, weights, alphas,
+                     optax.tree_utils.tree_set(inner.init(weights), trace=buffers[with_momentum]),
+                     xi, train, val, r) for estimator, with_momentum in second_order]
+    calls, finishes = gl.concatenate([at_w, *plans])
+    results = gl.run(loss, stats, calls)
+    return finishes[0](results), [finish(results)[0] for finish in finishes[1:]]
+  return run
 
 
 @functools.lru_cache(maxsize=8)
-def _second_order(config: SupernetConfig, name: str, wd: float, momentum: float, r: float):
-  """jit of an estimator for the reference's inner optimiser: SGD(xi, momentum) + weight decay,
-  from the file's momentum buffer."""
+def _unrolled(config: SupernetConfig, wd: float, momentum: float):
+  """jit: eq. (6) as jax.grad through the whole virtual step (``unrolled``, K = 1)."""
   loss = make_loss(config)
 
   @jax.jit
   def run(weights, alphas, stats, train, val, buf, xi):
-    inner = optax.chain(optax.add_decayed_weights(wd), optax.sgd(xi, momentum=momentum))
+    inner = _inner(wd, momentum, xi)
     state = optax.tree_utils.tree_set(inner.init(weights), trace=buf)
-    estimator = hg.make_estimator(name, inner, fd_r=r, unrolled_steps=1)
-    return estimator.estimate(hg.bind_loss(loss, stats, train), hg.bind_loss(loss, stats, val),
-                              weights, alphas, state, xi)[0]
+    return hg.unrolled(hg.bind_loss(loss, stats, train), hg.bind_loss(loss, stats, val),
+                       weights, alphas, inner, state, inner_steps=1)[0]
   return run
 
 
@@ -182,51 +202,46 @@ def _verify_search(ref: Mapping[str, np.ndarray], meta, report) -> None:
   weights, stats = variables['params'], variables.get('batch_stats', {})
   alphas = {'normal': jnp.asarray(ref['search/alphas_normal']),
             'reduce': jnp.asarray(ref['search/alphas_reduce'])}
-  value_and_grad = _search_value_and_grad(config)
   train = (x_train, jnp.asarray(ref['search/y_train']))
   val = (_nchw_to_nhwc(ref['search/x_val']), jnp.asarray(ref['search/y_val']))
-  (loss_train, aux), (g_w, g_a) = value_and_grad(weights, alphas, stats, train)
-  (loss_val, _), (_, g_a_val) = value_and_grad(weights, alphas, stats, val)
+  m = meta['search']
+  buffers = (jax.tree_util.tree_map(jnp.zeros_like, weights),)  # (without, with momentum)
+  if _named(ref, 'search/momentum/'):
+    buffers += (load('search/momentum/', {'params': shapes.weights})['params'],)
+  second_order = [(name, estimator, with_momentum) for name, estimator, with_momentum
+                  in _SECOND_ORDER if f'search/{name}' in ref]
+  if any(with_momentum and len(buffers) == 1 for *_, with_momentum in second_order):
+    raise KeyError('search/momentum/*')
+  wd, momentum, xi = m.get('weight_decay', 3e-4), m.get('momentum', 0.9), m.get('xi', 0.025)
+  run = _derivatives(config, tuple((e, int(w)) for _, e, w in second_order), wd, momentum,
+                     m.get('fd_r', 0.01))
+  (at_train, at_val), hypergradients = run(weights, alphas, stats, train, val, buffers, xi)
 
-  report.check('search/logits_train', aux.logits, ref['search/logits_train'], 'logits')
-  report.check('search/loss_train', loss_train, ref['search/loss_train'], 'loss')
+  report.check('search/logits_train', at_train.aux.logits, ref['search/logits_train'], 'logits')
+  report.check('search/loss_train', at_train.loss, ref['search/loss_train'], 'loss')
   if 'search/loss_val' in ref:
-    report.check('search/loss_val', loss_val, ref['search/loss_val'], 'loss')
+    report.check('search/loss_val', at_val.loss, ref['search/loss_val'], 'loss')
   ref_g = _named(ref, 'search/grad_w_train/')
   if ref_g:
     _check_named(report, 'search/grad_w_train',
-                 interop.to_original({'params': g_w}, nodes=config.nodes,
+                 interop.to_original({'params': at_train.g_w}, nodes=config.nodes,
                                      primitives=config.primitives), ref_g, 'gradient')
+  stacked = lambda g: np.stack([g['normal'], g['reduce']])  # noqa: E731
   if 'search/grad_alphas_train' in ref:
-    report.check('search/grad_alphas_train', np.stack([g_a['normal'], g_a['reduce']]),
+    report.check('search/grad_alphas_train', stacked(at_train.g_alpha),
                  ref['search/grad_alphas_train'], 'gradient')
   if 'search/hypergrad_first_order' in ref:
-    report.check('search/hypergrad_first_order',
-                 np.stack([g_a_val['normal'], g_a_val['reduce']]),
+    report.check('search/hypergrad_first_order', stacked(at_val.g_alpha),
                  ref['search/hypergrad_first_order'], 'gradient')
-  m = meta['search']
-  buffers = {False: jax.tree_util.tree_map(jnp.zeros_like, weights)}
-  if _named(ref, 'search/momentum/'):
-    buffers[True] = load('search/momentum/', {'params': shapes.weights})['params']
-  for name, estimator, with_momentum in _SECOND_ORDER:
-    if f'search/{name}' not in ref:
-      continue
-    if with_momentum not in buffers:
-      raise KeyError('search/momentum/*')
-    run = _second_order(config, estimator, m.get('weight_decay', 3e-4), m.get('momentum', 0.9),
-                        m.get('fd_r', 0.01))
-    g = run(weights, alphas, stats, train, val, buffers[with_momentum], m.get('xi', 0.025))
+  for (name, estimator, _), g in zip(second_order, hypergradients):
     kind = 'gradient' if estimator == 'exact' else 'finite_difference'
-    report.check(f'search/{name}', np.stack([g['normal'], g['reduce']]), ref[f'search/{name}'],
-                 kind)
+    report.check(f'search/{name}', stacked(g), ref[f'search/{name}'], kind)
     if name == 'hypergrad_exact':
       # eq. 6 by the chain rule in pieces (what the search runs) against jax.grad through the
       # whole virtual step (unrolled, K = 1): the same number up to round-off
-      unrolled = _second_order(config, 'unrolled', m.get('weight_decay', 3e-4),
-                               m.get('momentum', 0.9), m.get('fd_r', 0.01))(
-          weights, alphas, stats, train, val, buffers[True], m.get('xi', 0.025))
-      report.check('search/exact_vs_unrolled', np.stack([g['normal'], g['reduce']]),
-                   np.stack([unrolled['normal'], unrolled['reduce']]), 'same_math')
+      unrolled = _unrolled(config, wd, momentum)(weights, alphas, stats, train, val,
+                                                 buffers[1], xi)
+      report.check('search/exact_vs_unrolled', stacked(g), stacked(unrolled), 'same_math')
   if any(k.startswith('search/step/') for k in ref):
     _verify_step(ref, m, config, weights, alphas, stats, train, val, report)
 
