@@ -223,10 +223,13 @@ def _looped_halves(hp, loss, state: SearchState, train, val) -> _Halves:
 
   def alpha_step(r):  # Adam on the hypergradient; cheap, so recomputed where it is needed
     g_alpha, aux = estimator.finish(r)
-    return (g_alpha, aux) + _alpha_step(hp, state.alphas, state.alpha_opt_state, g_alpha)
+    alphas, alpha_opt_state = _alpha_step(hp, state.alphas, state.alpha_opt_state, g_alpha)
+    return g_alpha, aux, alphas, alpha_opt_state
 
-  weight_call = gradient_loop.Call(  # grad_w L_train(w, alpha_new)
-      gradient_loop.GRADIENT, lambda r: gradient_loop.Probe(state.weights, alpha_step(r)[2], train))
+  def at_new_alphas(r):  # the weight step's point: grad_w L_train(w, alpha_new)
+    return gradient_loop.Probe(state.weights, alpha_step(r)[2], train)
+
+  weight_call = gradient_loop.Call(gradient_loop.GRADIENT, at_new_alphas)
   r = gradient_loop.run(loss, state.batch_stats, estimator.calls + (weight_call,))
   last = r(len(estimator.calls))
   w_updates, w_opt_state = weight_optimizer(hp).update(last.g_w, state.w_opt_state, state.weights)

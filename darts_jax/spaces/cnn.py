@@ -115,11 +115,11 @@ def _inner(wd: float, momentum: float, xi) -> optax.GradientTransformation:
 
 
 @functools.lru_cache(maxsize=8)
-def _derivatives(config: SupernetConfig, second_order: tuple[tuple[str, bool], ...], wd: float,
-                 momentum: float, r: float):
-  """jit: the gradients at (w, alpha) on both batches, then each (estimator, with the momentum
-  buffer) of ``second_order``, as the search computes them (``gradient_loop``), all in one loop:
-  each derivative program is compiled once for every quantity."""
+def _derivatives(config: SupernetConfig, second_order: tuple[tuple[str, int], ...], wd: float,
+                 momentum: float, fd_r: float):
+  """jit: the gradients at (w, alpha) on both batches, then each (estimator, 1 with the momentum
+  buffer or 0 without) of ``second_order``, as the search computes them (``gradient_loop``),
+  all in one loop: each derivative program is compiled once for every quantity."""
   loss = make_loss(config)
 
   @jax.jit
@@ -129,7 +129,7 @@ def _derivatives(config: SupernetConfig, second_order: tuple[tuple[str, bool], .
                          for b in (train, val)), lambda r: (r(0), r(1)))
     plans = [gl.plan(estimator, inner, weights, alphas,
                      optax.tree_utils.tree_set(inner.init(weights), trace=buffers[with_momentum]),
-                     xi, train, val, r) for estimator, with_momentum in second_order]
+                     xi, train, val, fd_r) for estimator, with_momentum in second_order]
     calls, finishes = gl.concatenate([at_w, *plans])
     results = gl.run(loss, stats, calls)
     return finishes[0](results), [finish(results)[0] for finish in finishes[1:]]
