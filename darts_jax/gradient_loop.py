@@ -143,8 +143,10 @@ def plan(name: str, inner: optax.GradientTransformation, w: Pytree, alpha: Pytre
     raise ValueError(f'estimator={name!r} is not written as calls; allowed: '
                      f'{", ".join(ESTIMATORS)}')
 
-  def step(g):  # w'(g): the inner optimiser's real step as a function of the gradient
-    return optax.apply_updates(w, inner.update(g, inner_state, w)[0])
+  step = hg.step_of_gradient(inner, inner_state, w)  # w'(g)
+  def second_order_aux(r, total):  # calls 0 and 1: L_train at w, L_val at w'
+    return hg.hypergradient_aux(r(1).loss, r(0).loss, r(1).g_alpha, total,
+                                hg.tree_norm(r(1).g_w))
 
   at_w_train = Call(GRADIENT, lambda r: Probe(w, alpha, train))
   at_w_prime_val = Call(GRADIENT, lambda r: Probe(step(r(0).g_w), alpha, val))
@@ -161,21 +163,21 @@ def plan(name: str, inner: optax.GradientTransformation, w: Pytree, alpha: Pytre
 
     def finish(r):
       total = jax.tree_util.tree_map(jnp.add, r(1).g_alpha, r(2).g_alpha)
-      return total, hg.hypergradient_aux(r(1).loss, r(0).loss, r(1).g_alpha, total,
-                                         hg.tree_norm(r(1).g_w))
+      return total, second_order_aux(r, total)
     return Plan((at_w_train, at_w_prime_val,
                  Call(MIXED, lambda r: Probe(w, alpha, train, u(r)))), finish)
 
   # eq. (7): H v by central differences of grad_alpha L_train at w +- R v, R = fd_r / ||v||
+  def eps(r):
+    return fd_r / hg.tree_norm(r(1).g_w)
+
   def offset(sign):
-    return lambda r: Probe(hg.tree_axpy(sign * fd_r / hg.tree_norm(r(1).g_w), r(1).g_w, w),
-                           alpha, train)
+    return lambda r: Probe(hg.tree_axpy(sign * eps(r), r(1).g_w, w), alpha, train)
 
   def finish(r):
-    eps = fd_r / hg.tree_norm(r(1).g_w)
-    hv = jax.tree_util.tree_map(lambda p, m: (p - m) / (2 * eps), r(2).g_alpha, r(3).g_alpha)
+    hv = jax.tree_util.tree_map(lambda p, m: (p - m) / (2 * eps(r)), r(2).g_alpha,
+                                r(3).g_alpha)
     total = hg.tree_axpy(-xi, hv, r(1).g_alpha)
-    return total, hg.hypergradient_aux(r(1).loss, r(0).loss, r(1).g_alpha, total,
-                                       hg.tree_norm(r(1).g_w))
+    return total, second_order_aux(r, total)
   return Plan((at_w_train, at_w_prime_val, Call(GRADIENT, offset(1.0)),
                Call(GRADIENT, offset(-1.0))), finish)

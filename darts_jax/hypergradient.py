@@ -151,6 +151,13 @@ def mixed_hvp(f: LossFn, w: Pytree, alpha: Pytree, v: Pytree) -> Pytree:
   return jax.grad(lambda a_: tree_vdot(jax.grad(f)(w, a_), v))(alpha)
 
 
+def step_of_gradient(inner: optax.GradientTransformation, inner_state, w: Pytree
+                     ) -> Callable[[Pytree], Pytree]:
+  """``g -> w'``: the inner optimiser's real step from ``inner_state`` at ``w`` as a function of
+  the gradient (eq. 6's w' = w - xi g for SGD); its VJP gives u = (dw'/dg)^T v."""
+  return lambda g: optax.apply_updates(w, inner.update(g, inner_state, w)[0])
+
+
 def inner_step(train_loss: LossFn, w: Pytree, alpha: Pytree, inner: optax.GradientTransformation,
                inner_state) -> tuple[Pytree, Any, jax.Array]:
   """One step of the weight optimiser on L_train: ``w' = w + update(grad_w L_train(w, alpha))``.
@@ -238,11 +245,7 @@ def second_order(train_loss: LossFn, val_loss: LossFn, w: Pytree, alpha: Pytree,
   _check_inputs(w, alpha)
   _check_inner_state(inner, inner_state, w)
   lt, g = jax.value_and_grad(train_loss)(w, alpha)
-
-  def step(g_):  # w'(g): the inner optimiser's real step, as a function of the gradient
-    return optax.apply_updates(w, inner.update(g_, inner_state, w)[0])
-
-  w_prime, step_vjp = jax.vjp(step, g)
+  w_prime, step_vjp = jax.vjp(step_of_gradient(inner, inner_state, w), g)
   lv, (v, g_alpha) = jax.value_and_grad(val_loss, argnums=(0, 1))(w_prime, alpha)
   (u,) = step_vjp(v)
   total = jax.tree_util.tree_map(jnp.add, g_alpha, mixed_hvp(train_loss, w, alpha, u))

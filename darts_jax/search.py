@@ -183,8 +183,12 @@ def weight_step(hp: SearchHParams, loss: Callable, weights: Pytree, alphas: Pytr
   momentum, weight decay). Returns ``(weights, w_opt_state, train_loss, LossAux, grad_w)``."""
   (train_loss, loss_aux), g_w = jax.value_and_grad(loss, has_aux=True)(
       weights, alphas, batch_stats, train)
-  w_updates, w_opt_state = weight_optimizer(hp).update(g_w, w_opt_state, weights)
-  return optax.apply_updates(weights, w_updates), w_opt_state, train_loss, loss_aux, g_w
+  return (*_weight_update(hp, weights, w_opt_state, g_w), train_loss, loss_aux, g_w)
+
+
+def _weight_update(hp: SearchHParams, weights, w_opt_state, g_w):
+  updates, w_opt_state = weight_optimizer(hp).update(g_w, w_opt_state, weights)
+  return optax.apply_updates(weights, updates), w_opt_state
 
 
 class _Halves(NamedTuple):
@@ -232,8 +236,7 @@ def _looped_halves(hp, loss, state: SearchState, train, val) -> _Halves:
   weight_call = gradient_loop.Call(gradient_loop.GRADIENT, at_new_alphas)
   r = gradient_loop.run(loss, state.batch_stats, estimator.calls + (weight_call,))
   last = r(len(estimator.calls))
-  w_updates, w_opt_state = weight_optimizer(hp).update(last.g_w, state.w_opt_state, state.weights)
-  return _Halves(*alpha_step(r), optax.apply_updates(state.weights, w_updates), w_opt_state,
+  return _Halves(*alpha_step(r), *_weight_update(hp, state.weights, state.w_opt_state, last.g_w),
                  last.loss, last.aux, last.g_w)
 
 

@@ -252,14 +252,14 @@ class SearchNetwork(nn.Module):
     return modules.Linear(c_out, cfg.num_classes, name='classifier')(jnp.mean(s1, axis=(1, 2)))
 
 
-def _cell_function(cell: 'SearchCell', train: bool):
-  """``(weights, batch_stats, s0, s1, mixing) -> (output, new batch_stats)``: one cell as a pure
-  function of its variables."""
-  def f(cell_weights, cell_stats, s0, s1, mixing):
-    variables = {'params': cell_weights, 'batch_stats': cell_stats}
+def _pure(module: nn.Module, train: bool):
+  """``(params, batch_stats, *inputs) -> (output, new batch_stats)``: a part of the network (a
+  cell, the stem's BatchNorm) as a pure function of its variables."""
+  def f(params, stats, *inputs):
+    variables = {'params': params, 'batch_stats': stats}
     if not train:
-      return cell.apply(variables, s0, s1, mixing, False), cell_stats
-    out, updates = cell.apply(variables, s0, s1, mixing, True, mutable=['batch_stats'])
+      return module.apply(variables, *inputs, False), stats
+    out, updates = module.apply(variables, *inputs, True, mutable=['batch_stats'])
     return out, updates.get('batch_stats', {})
   return f
 
@@ -268,14 +268,6 @@ def _apply_cellwise(cfg: SupernetConfig, weights, alphas, batch_stats, images, t
   """:class:`SearchNetwork`'s forward with each cell a pure function of its variables and
   inputs, recomputed in the backward pass (``remat_cells``). Returns (logits, new statistics)."""
   _check_inputs(images, alphas, cfg)
-
-  def run(module, name, *args):  # a part of the network as a pure function of its variables
-    variables = {'params': weights.get(name, {}), 'batch_stats': batch_stats.get(name, {})}
-    if not train:
-      return module.apply(variables, *args, False), batch_stats.get(name, {})
-    out, updates = module.apply(variables, *args, True, mutable=['batch_stats'])
-    return out, updates.get('batch_stats', {})
-
   new_stats = {}
 
   def keep(name, stats):
@@ -285,14 +277,15 @@ def _apply_cellwise(cfg: SupernetConfig, weights, alphas, batch_stats, images, t
   c_stem = cfg.stem_multiplier * cfg.C
   x = modules.Conv(cfg.in_channels, c_stem, 3, padding=1).apply(
       {'params': weights['stem_conv']}, images)
-  s1, stats = run(modules.BatchNorm(c_stem, affine=True), 'stem_bn', x)
+  s1, stats = _pure(modules.BatchNorm(c_stem, affine=True), train)(
+      weights.get('stem_bn', {}), batch_stats.get('stem_bn', {}), x)
   keep('stem_bn', stats)
   s0 = s1
   mixing = _mixing(alphas, images.dtype)
   specs = cell_specs(cfg)
   for i, spec in enumerate(specs):
     name = f'cell{i}'
-    cell = _cell_function(SearchCell(**spec, config=cfg), train)
+    cell = _pure(SearchCell(**spec, config=cfg), train)
     out, stats = kernels.recompute_in_backward(cell)(
         weights[name], batch_stats.get(name, {}), s0, s1,
         mixing['reduce' if spec['reduction'] else 'normal'])
