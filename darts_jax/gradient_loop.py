@@ -76,7 +76,7 @@ def programs(loss: Callable, batch_stats: Pytree) -> tuple[Callable, Callable]:
     return Evaluation(value, aux, g_w, g_alpha)
 
   def mixed(p: Probe) -> Evaluation:
-    # eq. (6)'s second-order term, reverse-over-reverse as hypergradient.mixed_hvp
+    # eq. (6)'s second-order term, forward over reverse (hypergradient.mixed_hvp)
     g_alpha = hg.mixed_hvp(hg.bind_loss(loss, batch_stats, p.batch), p.weights, p.alphas,
                            p.direction)
     shapes = jax.eval_shape(gradient, p._replace(direction=None))

@@ -135,20 +135,35 @@ def _check_inner_state(inner: optax.GradientTransformation, inner_state, w):
 # ----------------------------------------------------------------------------------------------
 
 
-# Both products are reverse-over-reverse, d/dw <grad_w f, v>: never a dense Hessian, and valid
-# for ops that define only reverse-mode derivatives (the CPU depthwise convolution does).
+# Both products are forward over reverse, jax.jvp of a gradient along v: never a dense Hessian,
+# and one backward pass with tangents. Every op's backward pass is therefore forward-mode
+# differentiable (the CPU kernels' custom VJPs are written for it, ops/kernels.py).
 
 
 def hvp(f: LossFn, w: Pytree, alpha: Pytree, v: Pytree) -> Pytree:
-  """(d^2 f / dw dw) v."""
+  """(d^2 f / dw dw) v, forward over reverse (see :func:`mixed_hvp`)."""
   _check_same_structure(w, v, 'w', 'v')
-  return jax.grad(lambda w_: tree_vdot(jax.grad(f)(w_, alpha), v))(w)
+  return jax.jvp(lambda w_: _grads(f, w_, alpha)[0], (w,), (v,))[1]
 
 
 def mixed_hvp(f: LossFn, w: Pytree, alpha: Pytree, v: Pytree) -> Pytree:
-  """(d^2 f / dalpha dw) v: how grad_alpha f changes when w moves along v."""
+  """(d^2 f / dalpha dw) v: how grad_alpha f changes when w moves along v.
+
+  Forward over reverse: the directional derivative of ``grad_alpha f`` along v, one backward
+  pass carrying tangents. Reverse over reverse (``jax.grad`` of ``<grad_w f, v>``) is the same
+  number but keeps the whole backward pass's values for a second backward pass: at the paper's
+  size its program did not compile in 24 GB.
+  """
   _check_same_structure(w, v, 'w', 'v')
-  return jax.grad(lambda a_: tree_vdot(jax.grad(f)(w, a_), v))(alpha)
+  return jax.jvp(lambda w_: _grads(f, w_, alpha)[1], (w,), (v,))[1]
+
+
+def _grads(f: LossFn, w: Pytree, alpha: Pytree) -> tuple[Pytree, Pytree]:
+  # both gradients, even where one is discarded (XLA drops its computation): then every op
+  # that reads w or alpha is under the reverse pass, whose rules the forward mode can
+  # differentiate; an op outside it (e.g. one that reads only w, under grad_alpha alone) would
+  # get the forward mode directly, and a custom_vjp op (ops/kernels.py) has none
+  return jax.grad(f, argnums=(0, 1))(w, alpha)
 
 
 def step_of_gradient(inner: optax.GradientTransformation, inner_state, w: Pytree
@@ -328,7 +343,7 @@ def implicit(train_loss: LossFn, val_loss: LossFn, w: Pytree, alpha: Pytree,
       grad_alpha L_val - (d^2 L_train / dalpha dw) [d^2 L_train / dw dw + damping I]^-1 grad_w L_val
 
   with the inverse applied by conjugate gradient (``solver='cg'``) or a truncated Neumann series
-  (``solver='neumann'``), Hessian-vector products reverse-over-reverse. A solve that does not
+  (``solver='neumann'``), Hessian-vector products forward over reverse. A solve that does not
   reach ``tol`` reports ``converged=False`` and its residual in aux.
   """
   if solver not in IMPLICIT_SOLVERS:

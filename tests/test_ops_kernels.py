@@ -129,8 +129,9 @@ def test_drop_path_statistics_and_scaling():
 @pytest.mark.parametrize('ksz,stride,dilation,size', [(3, 1, 1, 8), (5, 2, 2, 8), (3, 2, 1, 7),
                                                       (5, 1, 2, 6)])
 def test_depthwise_taps_derivatives_match_xla_to_third_order(x64, ksz, stride, dilation, size):
-  """The 'taps' lowering has hand-written VJPs (each written with the others); up to third order
-  they must equal autodiff of XLA's grouped convolution, odd sizes and strides included."""
+  """The 'taps' lowering has a hand-written VJP whose own derivatives are JAX's; up to third
+  order, and forward over reverse, it must equal autodiff of XLA's grouped convolution, odd
+  sizes and strides included."""
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.normal(size=(2, size, size, 3)))
   w = jnp.asarray(rng.normal(size=(ksz, ksz, 3)))
@@ -146,8 +147,16 @@ def test_depthwise_taps_derivatives_match_xla_to_third_order(x64, ksz, stride, d
     def f3(x, w):
       return jnp.sum(jax.grad(f2, 1)(x, w)**2)
 
-    return [jax.grad(fn, (0, 1))(x, w) for fn in (f, f2, f3)]
+    # forward over reverse, as hypergradient.mixed_hvp: the backward pass's JVP along (tx, tw),
+    # and the same one order up
+    def forward_over_reverse(fn):
+      return jax.jvp(lambda x, w: jax.grad(fn, (0, 1))(x, w), (x, w), (tx, tw))[1]
 
+    return ([jax.grad(fn, (0, 1))(x, w) for fn in (f, f2, f3)]
+            + [forward_over_reverse(fn) for fn in (f, f2)])
+
+  tx = jnp.asarray(rng.normal(size=x.shape))
+  tw = jnp.asarray(rng.normal(size=w.shape))
   for got, want in zip(orders('taps'), orders('xla')):
     for g, r in zip(got, want):
       np.testing.assert_allclose(g, r, rtol=1e-9, atol=1e-9 * float(jnp.max(jnp.abs(r))))
@@ -178,6 +187,11 @@ def test_max_pool_gradients_match_reduce_window(x64, stride, size):
   x = jnp.asarray(rng.normal(size=(2, size, size, 3)))
   np.testing.assert_allclose(jax.grad(second(kernels.max_pool_3x3))(x),
                              jax.grad(second(reference))(x), rtol=1e-10, atol=1e-10)
+  # forward over reverse (exact second order's mixed term): the JVP of the backward pass
+  t = jnp.asarray(rng.normal(size=x.shape))
+  np.testing.assert_allclose(jax.jvp(jax.grad(first(kernels.max_pool_3x3)), (x,), (t,))[1],
+                             jax.jvp(jax.grad(first(reference)), (x,), (t,))[1],
+                             rtol=1e-10, atol=1e-10)
 
 
 def test_pointwise_block_diagonal_equals_per_edge_matmul(x64):
@@ -204,6 +218,11 @@ def test_recompute_in_backward_has_the_plain_derivatives_of_every_order(x64):
   np.testing.assert_allclose(dw, np.sin(2 * w * x) * x, rtol=1e-14)
   mixed = jax.jit(jax.grad(lambda w: jnp.vdot(jax.grad(loss)(x, w), jnp.ones(3))))(w)
   np.testing.assert_allclose(mixed, np.sin(2 * w * x) + 2 * w * x * np.cos(2 * w * x),
+                             rtol=1e-13)
+  # the same mixed derivative forward over reverse: grad_x's JVP in w along ones
+  mixed_fwd = jax.jit(lambda w: jax.jvp(lambda w_: jax.grad(loss)(x, w_), (w,),
+                                        (jnp.ones(3),))[1])(w)
+  np.testing.assert_allclose(mixed_fwd, np.sin(2 * w * x) + 2 * w * x * np.cos(2 * w * x),
                              rtol=1e-13)
   # the second output's cotangent flows too
   dx2 = jax.grad(lambda x: jnp.sum(g(x, w)[1] ** 2))(x)

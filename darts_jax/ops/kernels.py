@@ -1,7 +1,7 @@
 """The pure functions under the ops: convolutions, pooling, BatchNorm and drop path on NHWC arrays.
 
 Each is written for what XLA:CPU does well and checked against a direct definition: depthwise
-convolution as sums of k*k shifted slices ("taps") with hand-written derivatives of any order,
+convolution as sums of k*k shifted slices ("taps") with a hand-written backward pass,
 edge-wise 1x1 convolution as one block-diagonal matmul, 3x3 max pooling as tap maxima. On GPU and
 TPU the native lowerings are used instead (``resolve_depthwise_impl``, ``max_pool_3x3``).
 """
@@ -41,13 +41,15 @@ def resolve_depthwise_impl(impl: str) -> str:
   return impl
 
 
-# Depthwise convolution as sums of k*k shifted slices ("taps"), with hand-written derivatives.
-# The three functions are the convolution and its two transposes; each one's VJP is written with
-# the others, so derivatives of any order stay tap sums (autodiff of the slices would instead
-# give k*k pad-and-add passes and k*k separate reductions, 3-10x slower on CPU).
+# Depthwise convolution as sums of k*k shifted slices ("taps"), with a hand-written VJP:
 #   _dw_conv(x, w)[b, o, q, c] = sum_ij xpad[b, o*s + i*d, q*s + j*d, c] w[i, j, c]
 #   _dw_conv_t(dy, w)          = d<dy, _dw_conv(x, w)>/dx      (linear in dy and in w)
 #   _dw_kernel_grad(x, dy)     = d<dy, _dw_conv(x, w)>/dw      (linear in x and in dy)
+# The VJP is what a first-order step runs: autodiff of the slices would give k*k pad-and-add
+# passes and k*k separate reductions, 3-10x slower on CPU. The rules' own bodies are plain code
+# (tap sums again, and _dw_kernel_grad's custom JVP), so that a derivative *of* the backward pass
+# works in both modes: forward over reverse (exact second order, ``hypergradient.mixed_hvp``)
+# needs a JVP of every function the backward pass calls, and a custom_vjp function has none.
 
 
 def materialize(x: jax.Array) -> jax.Array:
@@ -84,26 +86,23 @@ def recompute_in_backward(f):
   ``jax.checkpoint`` means the same, but on XLA:CPU it saves nothing (measured: 0.96 GB of
   temporaries against 0.94 GB without it, 5 cells, C=8, batch 16): the recomputation does not
   depend on the cotangent, so XLA schedules it early or merges it with the forward pass. Here
-  the recomputation reads its inputs through :func:`after` the cotangent. Both rules call
-  their function through the same wrapper, so a second derivative (exact second order)
-  recomputes too.
+  the recomputation reads its inputs through :func:`after` the cotangent. Both rules are plain
+  code, so a forward-mode derivative of the backward pass (exact second order) recomputes too;
+  a reverse-mode one (``unrolled``) keeps the recomputation's values instead.
   """
   @jax.custom_vjp
   def g(*args):
     return f(*args)
 
   def fwd(*args):
-    # under a second derivative this rule runs as plain code inside the outer one: f goes
-    # through the same wrapper, so the outer derivative too keeps only f's inputs
-    return recompute_in_backward(f)(*args), args
-
-  def vjp_at(args, cotangent):
-    return jax.vjp(f, *args)[1](cotangent)
+    # f's value by jax.vjp, which is f(*args): under a forward-mode derivative of the whole
+    # backward pass (exact second order) f's own custom_vjp ops then meet a reverse pass,
+    # whose rules have JVPs, and never the forward mode directly, which they lack
+    return jax.vjp(f, *args)[0], args
 
   def bwd(args, cotangent):
     token = jax.tree_util.tree_leaves(cotangent)[0]
-    # built here, not above: each derivative order wraps the next only when it is taken
-    return recompute_in_backward(vjp_at)(after(args, token), cotangent)
+    return jax.vjp(f, *after(args, token))[1](cotangent)
 
   g.defvjp(fwd, bwd)
   return g
@@ -143,10 +142,11 @@ def _dw_conv_t(dy, w, stride, dilation, pad, in_hw):
     span = (dy.shape[1 + axis] - 1) * stride + 1
     config.append((reach - pad, size + pad - span, stride - 1))
   config.append((0, 0, 0))
-  return _dw_conv(lax.pad(dy, jnp.zeros((), dy.dtype), config), w[::-1, ::-1], 1, dilation, 0)
+  padded = materialize(lax.pad(dy, jnp.zeros((), dy.dtype), config))
+  return _dw_conv_sum(padded, w[::-1, ::-1], 1, dilation, 0)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5))
 def _dw_kernel_grad(x, dy, k, stride, dilation, pad):
   # one variadic reduce: a single pass over x and dy fills all k*k accumulators (k*k separate
   # reductions were 3x slower); the W axis is summed afterwards, which vectorises better
@@ -154,6 +154,21 @@ def _dw_kernel_grad(x, dy, k, stride, dilation, pad):
   zeros = tuple(jnp.zeros((), dy.dtype) for _ in products)
   sums = lax.reduce(products, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), (0, 1))
   return jnp.stack([jnp.sum(s, axis=0) for s in sums]).reshape(k, k, x.shape[-1])
+
+
+def _dw_kernel_grad_sums(x, dy, k, stride, dilation, pad):
+  """``_dw_kernel_grad`` as k*k separate sums: slower, but its derivatives in either mode are
+  JAX's own (a variadic reduce has no transpose rule)."""
+  return jnp.stack([jnp.sum(tap * dy, axis=(0, 1, 2))
+                    for tap in _taps(x, k, stride, dilation, pad)]).reshape(k, k, x.shape[-1])
+
+
+@_dw_kernel_grad.defjvp
+def _dw_kernel_grad_jvp(k, stride, dilation, pad, primals, tangents):
+  (x, dy), (tx, tdy) = primals, tangents  # bilinear: d(x dy) = dx dy + x ddy
+  return (_dw_kernel_grad(x, dy, k, stride, dilation, pad),
+          _dw_kernel_grad_sums(tx, dy, k, stride, dilation, pad)
+          + _dw_kernel_grad_sums(x, tdy, k, stride, dilation, pad))
 
 
 def _dw_conv_fwd(x, w, stride, dilation, pad):
@@ -168,18 +183,7 @@ def _dw_conv_bwd(stride, dilation, pad, residuals, dy):
           _dw_kernel_grad(x, dy, w.shape[0], stride, dilation, pad))
 
 
-def _dw_kernel_grad_fwd(x, dy, k, stride, dilation, pad):
-  return _dw_kernel_grad(x, dy, k, stride, dilation, pad), (x, dy)
-
-
-def _dw_kernel_grad_bwd(k, stride, dilation, pad, residuals, dw):
-  x, dy = residuals
-  return (_dw_conv_t(dy, dw, stride, dilation, pad, x.shape[1:3]),
-          _dw_conv(x, dw, stride, dilation, pad))
-
-
 _dw_conv.defvjp(_dw_conv_fwd, _dw_conv_bwd)
-_dw_kernel_grad.defvjp(_dw_kernel_grad_fwd, _dw_kernel_grad_bwd)
 
 
 def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int = 1, dilation: int = 1,
@@ -190,8 +194,9 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int = 1, dilation: i
     x: ``(B, H, W, C)``.
     kernel: ``(k, k, C)``, one filter per channel.
     stride, dilation: as in ``torch.nn.Conv2d``.
-    impl: ``'taps'`` (sums of k*k shifted slices with hand-written derivatives; reverse mode
-      only, to any order), ``'xla'`` (grouped convolution) or ``'auto'`` (``'taps'`` on CPU).
+    impl: ``'taps'`` (sums of k*k shifted slices with a hand-written VJP; derivatives of any
+      order, reverse or forward over reverse), ``'xla'`` (grouped convolution) or ``'auto'``
+      (``'taps'`` on CPU).
   Returns:
     ``(B, H', W', C)``.
   """
