@@ -79,11 +79,20 @@ def programs(loss: Callable, batch_stats: Pytree) -> tuple[Callable, Callable]:
     # eq. (6)'s second-order term, forward over reverse (hypergradient.mixed_hvp)
     g_alpha = hg.mixed_hvp(hg.bind_loss(loss, batch_stats, p.batch), p.weights, p.alphas,
                            p.direction)
-    shapes = jax.eval_shape(gradient, p._replace(direction=None))
-    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                   evaluation_shapes(loss, batch_stats, p))
     return zeros._replace(g_alpha=g_alpha)
 
   return gradient, mixed
+
+
+def evaluation_shapes(loss: Callable, batch_stats: Pytree, p: Probe) -> Evaluation:
+  """The gradient program's result at ``p``, as shapes: the loss's value and aux from a trace
+  of the forward pass, the gradients' from their arguments. (``jax.eval_shape`` of the gradient
+  program would trace its backward pass once more: a tenth to a half of a step's trace time.)"""
+  value, aux = jax.eval_shape(loss, p.weights, p.alphas, batch_stats, p.batch)
+  g_w, g_alpha = jax.eval_shape(lambda *args: args, p.weights, p.alphas)
+  return Evaluation(value, aux, g_w, g_alpha)
 
 
 def run(loss: Callable, batch_stats: Pytree, calls: Sequence[Call]) -> Callable[[int], Evaluation]:
@@ -112,7 +121,7 @@ def run(loss: Callable, batch_stats: Pytree, calls: Sequence[Call]) -> Callable[
 
   # results start as zeros; call i reads only those of calls before it (the first reads none)
   first = calls[0].point(lambda k: None)
-  shapes = jax.eval_shape(gradient, first._replace(direction=None))
+  shapes = evaluation_shapes(loss, batch_stats, first)
   stacked = jax.tree_util.tree_map(lambda s: jnp.zeros((len(calls),) + s.shape, s.dtype), shapes)
   return read(jax.lax.fori_loop(0, len(calls), body, stacked))
 
