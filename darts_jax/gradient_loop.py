@@ -66,9 +66,11 @@ class Plan(NamedTuple):
   finish: Callable[[Callable[[int], Evaluation]], Any]
 
 
-def programs(loss: Callable, batch_stats: Pytree) -> tuple[Callable, Callable]:
+def programs(loss: Callable, batch_stats: Pytree, shapes: Evaluation
+             ) -> tuple[Callable, Callable]:
   """The two derivative programs of ``loss(weights, alphas, batch_stats, batch) -> (loss,
-  aux)``, as functions of a :class:`Probe`."""
+  aux)``, as functions of a :class:`Probe`; ``shapes`` (:func:`evaluation_shapes`) is what both
+  return."""
 
   def gradient(p: Probe) -> Evaluation:
     (value, aux), (g_w, g_alpha) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
@@ -79,8 +81,7 @@ def programs(loss: Callable, batch_stats: Pytree) -> tuple[Callable, Callable]:
     # eq. (6)'s second-order term, forward over reverse (hypergradient.mixed_hvp)
     g_alpha = hg.mixed_hvp(hg.bind_loss(loss, batch_stats, p.batch), p.weights, p.alphas,
                            p.direction)
-    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
-                                   evaluation_shapes(loss, batch_stats, p))
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     return zeros._replace(g_alpha=g_alpha)
 
   return gradient, mixed
@@ -97,7 +98,9 @@ def evaluation_shapes(loss: Callable, batch_stats: Pytree, p: Probe) -> Evaluati
 
 def run(loss: Callable, batch_stats: Pytree, calls: Sequence[Call]) -> Callable[[int], Evaluation]:
   """Runs ``calls`` in order inside one loop; returns their results by index."""
-  gradient, mixed = programs(loss, batch_stats)
+  # call i reads only the results of calls before it, so the first call's point needs none
+  shapes = evaluation_shapes(loss, batch_stats, calls[0].point(lambda k: None))
+  gradient, mixed = programs(loss, batch_stats, shapes)
   kinds = sorted({c.program for c in calls})
   chosen = [(gradient, mixed)[k] for k in kinds]
 
@@ -119,10 +122,8 @@ def run(loss: Callable, batch_stats: Pytree, calls: Sequence[Call]) -> Callable[
       result = jax.lax.switch(which, chosen, probe)
     return jax.tree_util.tree_map(lambda r, x: r.at[i].set(x), stacked, result)
 
-  # results start as zeros; call i reads only those of calls before it (the first reads none)
-  first = calls[0].point(lambda k: None)
-  shapes = evaluation_shapes(loss, batch_stats, first)
-  stacked = jax.tree_util.tree_map(lambda s: jnp.zeros((len(calls),) + s.shape, s.dtype), shapes)
+  stacked = jax.tree_util.tree_map(lambda s: jnp.zeros((len(calls),) + s.shape, s.dtype),
+                                   shapes)  # results start as zeros
   return read(jax.lax.fori_loop(0, len(calls), body, stacked))
 
 
