@@ -129,7 +129,9 @@ def run_row(module: str, args: list[str], flags) -> tuple[dict | None, str]:
       return row, why
     again, why = run_child(module, [*args, '--steps', '0', '--compile_cache', cache],
                            flags.timeout)
-  if again is not None:
+  if again is None:  # the row stands; the column says why it has no cached times
+    row.update(cached_error=why)
+  else:
     row.update(cached_compile_s=again['compile_s'], cached_lower_s=again['lower_s'])
   return row, ''
 
