@@ -173,22 +173,28 @@ def _parse_genotype_call(text: str) -> dict[str, Any]:
 def parse_genotype(spec: 'str | Mapping | Genotype', named: Mapping[str, Genotype] | None = None
                    ) -> Genotype:
   """A genotype from a published name, the original's string form, JSON text or a dict."""
-  if isinstance(spec, Genotype):
+  return parse_spec(spec, Genotype, GENOTYPES if named is None else named, 'genotype',
+                    'Genotype(normal=[...], ...)')
+
+
+def parse_spec(spec, cls, named: Mapping[str, Any], what: str, form: str):
+  """``spec`` as a ``cls`` (a genotype class with from_dict, from_string and from_json): itself,
+  a dict, a name in ``named``, the original's string form (``form``, for the error) or JSON."""
+  if isinstance(spec, cls):
     return spec
   if isinstance(spec, Mapping):
-    return Genotype.from_dict(spec)
-  named = GENOTYPES if named is None else named
+    return cls.from_dict(spec)
   if not isinstance(spec, str):
-    raise ValueError(f'cannot make a genotype from {type(spec).__name__}')
+    raise ValueError(f'cannot make a {what} from {type(spec).__name__}')
   s = spec.strip()
   if s in named:
     return named[s]
   if s.startswith('Genotype('):
-    return Genotype.from_string(s)
+    return cls.from_string(s)
   if s.startswith('{'):
-    return Genotype.from_json(s)
-  raise ValueError(f'unknown genotype {spec[:80]!r}: give one of {", ".join(named)}, the '
-                   "original's string form Genotype(normal=[...], ...) or its JSON form")
+    return cls.from_json(s)
+  raise ValueError(f'unknown {what} {spec[:80]!r}: give one of {", ".join(named)}, the '
+                   f"original's string form {form} or its JSON form")
 
 
 def load_genotype(spec: 'str | Mapping | Genotype', named: Mapping[str, Genotype] | None = None

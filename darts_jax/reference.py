@@ -23,12 +23,14 @@ PASS, FAIL, NOT_COMPUTED = 'pass', 'fail', 'not yet computed'
 
 # tolerances (relative, max-norm) per dtype of the recomputation; float32 checks a backend's
 # lowering (e.g. on a GPU) against round-off, float64 checks the semantics exactly; 'same_math'
-# compares two of our own computations of one quantity (exact eq. 6 in pieces vs unrolled)
+# compares two of our own computations of one quantity (exact eq. 6 in pieces vs unrolled);
+# 'roundoff' is a quantity computed in the original's order of operations (states, first
+# derivatives); 'full_step' a step taken from a finite-difference hypergradient
 TOLERANCES_BY_DTYPE = {
     'float64': {'logits': 1e-9, 'loss': 1e-9, 'gradient': 1e-8, 'finite_difference': 1e-6,
-                'step': 1e-8, 'same_math': 1e-12},
+                'step': 1e-8, 'same_math': 1e-12, 'roundoff': 1e-9, 'full_step': 1e-6},
     'float32': {'logits': 1e-4, 'loss': 1e-4, 'gradient': 1e-3, 'finite_difference': 1e-2,
-                'step': 1e-3, 'same_math': 1e-4},
+                'step': 1e-3, 'same_math': 1e-4, 'roundoff': 1e-4, 'full_step': 1e-2},
 }
 
 
@@ -56,6 +58,16 @@ class Report(dict):
     err = max_relative_error(ours, ref)
     self[name] = {'status': PASS if err <= tol else FAIL, 'rel_err': err, 'tol': tol}
 
+  def check_named(self, name: str, ours: Mapping, ref: Mapping, kind: str) -> None:
+    """One quantity over every tensor of a network, matched by the original's parameter names
+    (every entry counts in the max norm)."""
+    if set(ref) != set(ours):
+      self.fail(name, kind, 'parameter names differ')
+      return
+    names = sorted(ref)
+    self.check(name, np.concatenate([np.ravel(ours[n]) for n in names]),
+               np.concatenate([np.ravel(ref[n]) for n in names]), kind)
+
   def fail(self, name: str, kind: str, detail: str) -> None:
     self[name] = {'status': FAIL, 'rel_err': float('inf'), 'tol': self.tolerances[kind],
                   'detail': detail}
@@ -69,8 +81,8 @@ class Report(dict):
 def formats():
   """Every known reference format, one per search space (imported on use: each space's checks
   pull in its networks)."""
-  from darts_jax.spaces import cnn
-  return (cnn.REFERENCE,)
+  from darts_jax.spaces import cnn, rnn
+  return (cnn.REFERENCE, rnn.REFERENCE)
 
 
 def _read(path: str) -> dict[str, np.ndarray]:

@@ -90,4 +90,4 @@ def test_cli_bad_file(tmp_path, capsys, x64):
   np.savez(other, meta=np.array(json.dumps({'rnn_search': {}})))
   assert verify_reference.main([str(other)]) == 2
   assert 'is of no known reference format (meta keys: rnn_search; known formats: ' \
-         'darts_cnn)' in capsys.readouterr().err
+         'darts_cnn, darts_rnn)' in capsys.readouterr().err

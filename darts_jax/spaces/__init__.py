@@ -55,3 +55,17 @@ class ReferenceFormat(NamedTuple):
   detect: Callable[[Mapping], bool]  # the file's meta -> is it this format's
   # (arrays by key, meta, report) -> fills report via report.check(...)
   verify: Callable[[Mapping[str, np.ndarray], Mapping, Any], None]
+
+
+def verify_sections(search: Callable, evaluation: Callable, genotypes: Callable) -> Callable:
+  """A ``ReferenceFormat.verify`` that checks each section a file's meta holds: 'search' (the
+  search network and its step), 'eval' (an evaluation network), 'genotypes' (the rule's cases);
+  each section check takes (arrays by key, meta, report)."""
+  def verify(ref: Mapping[str, np.ndarray], meta: Mapping, report) -> None:
+    if 'search' in meta:
+      search(ref, meta, report)
+    if 'eval' in meta:
+      evaluation(ref, meta, report)
+    if meta.get('genotypes'):
+      genotypes(ref, meta, report)
+  return verify

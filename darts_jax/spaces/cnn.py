@@ -24,7 +24,7 @@ from darts_jax import interop
 from darts_jax import search as search_lib
 from darts_jax.genotypes import PRIMITIVES, Genotype, derive_genotype, parse_genotype
 from darts_jax.networks import NetworkCIFAR
-from darts_jax.spaces import ReferenceFormat, SearchSpace
+from darts_jax.spaces import ReferenceFormat, SearchSpace, verify_sections
 from darts_jax.supernet import (SupernetConfig, check_image_size, init_alphas, init_supernet,
                                 make_loss, supernet_shapes)
 
@@ -190,16 +190,6 @@ def _named(ref: Mapping, prefix: str) -> dict[str, np.ndarray]:
   return {k[len(prefix):]: v for k, v in ref.items() if k.startswith(prefix)}
 
 
-def _check_named(report, name: str, ours: Mapping, ref: Mapping, kind: str) -> None:
-  """One quantity over every tensor of a network, by the original's parameter names."""
-  if set(ref) != set(ours):
-    report.fail(name, kind, 'parameter names differ')
-    return
-  names = sorted(ref)
-  report.check(name, np.concatenate([np.ravel(ours[n]) for n in names]),
-               np.concatenate([np.ravel(ref[n]) for n in names]), kind)
-
-
 def _verify_search(ref: Mapping[str, np.ndarray], meta, report) -> None:
   config = search_config(meta)
   x_train = _nchw_to_nhwc(ref['search/x_train'])
@@ -232,9 +222,9 @@ def _verify_search(ref: Mapping[str, np.ndarray], meta, report) -> None:
     report.check('search/loss_val', at_val.loss, ref['search/loss_val'], 'loss')
   ref_g = _named(ref, 'search/grad_w_train/')
   if ref_g:
-    _check_named(report, 'search/grad_w_train',
-                 interop.to_original({'params': at_train.g_w}, nodes=config.nodes,
-                                     primitives=config.primitives), ref_g, 'gradient')
+    report.check_named('search/grad_w_train',
+                       interop.to_original({'params': at_train.g_w}, nodes=config.nodes,
+                                           primitives=config.primitives), ref_g, 'gradient')
   stacked = lambda g: np.stack([g['normal'], g['reduce']])  # noqa: E731
   if 'search/grad_alphas_train' in ref:
     report.check('search/grad_alphas_train', stacked(at_train.g_alpha),
@@ -269,9 +259,9 @@ def _verify_step(ref, m, config, weights, alphas, stats, train, val, report) -> 
                  ref['search/step/loss_train'], 'step')
   ref_w = _named(ref, 'search/step/w/')
   if ref_w:
-    _check_named(report, 'search/step/w',
-                 interop.to_original({'params': new.weights}, nodes=config.nodes,
-                                     primitives=config.primitives), ref_w, 'step')
+    report.check_named('search/step/w',
+                       interop.to_original({'params': new.weights}, nodes=config.nodes,
+                                           primitives=config.primitives), ref_w, 'step')
 
 
 def _eval_genotype(spec) -> Genotype:
@@ -308,16 +298,12 @@ def _verify_genotypes(ref, meta, report) -> None:
   report.count('genotypes', len(expected), mismatches)
 
 
-def verify(ref: Mapping[str, np.ndarray], meta: Mapping, report) -> None:
-  """Every quantity of a CNN reference file that its ``meta`` promises."""
-  if 'search' in meta:
-    _verify_search(ref, meta, report)
-  if 'eval' in meta:
-    _verify_eval(ref, meta, report)
-  if meta.get('genotypes'):
-    _verify_genotypes(ref, meta, report)
+# every quantity of a CNN reference file that its meta promises
+verify = verify_sections(_verify_search, _verify_eval, _verify_genotypes)
 
 
 REFERENCE = ReferenceFormat(
-    name=NAME, detect=lambda meta: any(k in meta for k in ('search', 'eval', 'genotypes')),
+    # recurrent files have these keys too, and their sizes at the top level (spaces/rnn.py)
+    name=NAME, detect=lambda meta: (any(k in meta for k in ('search', 'eval', 'genotypes'))
+                                    and 'sizes' not in meta),
     verify=verify)
