@@ -214,8 +214,13 @@ def _gate(cg):
   return jax.nn.sigmoid(c), g
 
 
-def _first_state(w, x, h):
-  c0, g0 = _gate(jnp.concatenate([x, h], -1) @ w['W0'])
+def _masked(v, mask):
+  return v if mask is None else v * mask
+
+
+def _first_state(w, x, h, x_mask=None, h_mask=None):
+  # the masks drop the matmul's inputs only; the highway mixes the unmasked h
+  c0, g0 = _gate(jnp.concatenate([_masked(x, x_mask), _masked(h, h_mask)], -1) @ w['W0'])
   return h + c0 * (jnp.tanh(g0) - h)
 
 
@@ -257,21 +262,24 @@ def edge_probabilities(probs: jax.Array, steps: int) -> jax.Array:
   return jnp.where(mask, probs[index], 0)
 
 
-def search_cell(w, edge_probs, x, h, stats, train: bool, primitives=PRIMITIVES):
+def search_cell(w, edge_probs, x, h, stats, train: bool, primitives=PRIMITIVES, x_mask=None,
+                h_mask=None):
   """One time step of the search cell: (h_next, statistics after its 1 + S BatchNorm calls).
 
   The nodes are a scan over S steps of one shape (compile time does not grow with S): the
   states live in S + 1 slots, and node i mixes every slot with ``edge_probs[i]``, which is zero
   for the slots after i. That multiplies about twice the state rows that an unrolled loop
   would, and traces one node instead of S."""
-  s0, stats = _batch_norm(_first_state(w, x, h), stats, train)
+  s0, stats = _batch_norm(_first_state(w, x, h, x_mask, h_mask), stats, train)
   steps = w['Ws'].shape[0]
+  state_mask = None if h_mask is None else h_mask[None]
   states = jnp.zeros((steps + 1,) + s0.shape, s0.dtype).at[0].set(s0)
 
   def node(carry, inputs):
     states, stats = carry
     i, ws, p = inputs
-    c, g = _gate(jnp.einsum('jbh,hk->jbk', states, ws))  # node i's one matrix, every edge
+    # node i's one matrix, every edge; dropouth masks the states it multiplies
+    c, g = _gate(jnp.einsum('jbh,hk->jbk', _masked(states, state_mask), ws))
     f, weight = _mixed_activation(g, p, primitives)
     s, stats = _batch_norm(jnp.sum(weight * states + c * (f - weight * states), 0), stats, train)
     return (states.at[i + 1].set(s), stats), None
@@ -281,11 +289,11 @@ def search_cell(w, edge_probs, x, h, stats, train: bool, primitives=PRIMITIVES):
   return jnp.mean(states[1:], 0), stats
 
 
-def eval_cell(w, genotype: RecurrentGenotype, x, h):
+def eval_cell(w, genotype: RecurrentGenotype, x, h, x_mask=None, h_mask=None):
   """One time step of the evaluation cell (no BatchNorm, one edge per node)."""
-  states = [_first_state(w, x, h)]
+  states = [_first_state(w, x, h, x_mask, h_mask)]
   for i, (op, j) in enumerate(genotype.recurrent):
-    c, g = _gate(states[j] @ w['Ws'][i])
+    c, g = _gate(_masked(states[j], h_mask) @ w['Ws'][i])
     states.append(states[j] + c * (ACTIVATIONS[op](g) - states[j]))
   return jnp.mean(jnp.stack([states[k] for k in genotype.concat]), 0)
 
@@ -304,28 +312,85 @@ class RecurrentOutput(NamedTuple):
 
 
 def search_forward(w, alphas, batch_stats, tokens, hidden, train: bool = True,
-                   primitives: Sequence[str] = PRIMITIVES) -> RecurrentOutput:
-  """The search network on time-major ``tokens`` (T, B) from ``hidden`` (B, nhid)."""
+                   primitives: Sequence[str] = PRIMITIVES, masks: 'Masks | None' = None
+                   ) -> RecurrentOutput:
+  """The search network on time-major ``tokens`` (T, B) from ``hidden`` (B, nhid); ``masks``
+  (:func:`dropout_masks`, training only) are its dropouts, None for none."""
   probs = edge_probabilities(jax.nn.softmax(alphas['recurrent'], axis=-1), w['Ws'].shape[0])
-  emb = w['encoder'][tokens]
+  m = masks or Masks()
 
   def step(carry, x):
     h, stats = carry
-    h, stats = search_cell(w, probs, x, h, stats, train, tuple(primitives))
+    h, stats = search_cell(w, probs, x, h, stats, train, tuple(primitives), m.x, m.h)
     return (h, stats), h
 
-  (h, stats), hiddens = jax.lax.scan(step, (hidden, batch_stats), emb)
-  return RecurrentOutput(_decode(w, hiddens), h, hiddens, stats)
+  (h, stats), hiddens = jax.lax.scan(step, (hidden, batch_stats), _embed(w, tokens, m))
+  return RecurrentOutput(_decode(w, _masked(hiddens, _locked(m.output))), h, hiddens, stats)
 
 
-def eval_forward(w, genotype: RecurrentGenotype, tokens, hidden) -> RecurrentOutput:
-  """The evaluation network of ``genotype`` (dropouts off)."""
+def eval_forward(w, genotype: RecurrentGenotype, tokens, hidden, masks: 'Masks | None' = None
+                 ) -> RecurrentOutput:
+  """The evaluation network of ``genotype``; ``masks`` as in :func:`search_forward`."""
+  m = masks or Masks()
+
   def step(h, x):
-    h = eval_cell(w, genotype, x, h)
+    h = eval_cell(w, genotype, x, h, m.x, m.h)
     return h, h
 
-  h, hiddens = jax.lax.scan(step, hidden, w['encoder'][tokens])
-  return RecurrentOutput(_decode(w, hiddens), h, hiddens, {})
+  h, hiddens = jax.lax.scan(step, hidden, _embed(w, tokens, m))
+  return RecurrentOutput(_decode(w, _masked(hiddens, _locked(m.output))), h, hiddens, {})
+
+
+# ----------------------------------------------------------------------------------------------
+# dropouts (AWD-LSTM's, as the original applies them; drawn once per forward)
+# ----------------------------------------------------------------------------------------------
+
+class DropoutRates(NamedTuple):
+  """The original's five rates, by its names (search defaults of ``rnn/train_search.py``)."""
+  dropout: float = 0.75  # LockedDropout on the cell's outputs, before the decoder
+  dropouth: float = 0.25  # the states (and h) entering each matrix product of the cell
+  dropoutx: float = 0.75  # the embedded input entering W0
+  dropouti: float = 0.2  # LockedDropout on the embedded input
+  dropoute: float = 0.0  # whole rows of the embedding (a dropped word is dropped everywhere)
+
+
+class Masks(NamedTuple):
+  """Inverted-dropout masks (kept entries are 1 / (1 - rate)); None where a rate is 0."""
+  embedding_rows: jax.Array | None = None  # (ntoken, 1)
+  embedding: jax.Array | None = None  # (B, ninp), the same at every time step
+  x: jax.Array | None = None  # (B, ninp)
+  h: jax.Array | None = None  # (B, nhid)
+  output: jax.Array | None = None  # (B, nhid), the same at every time step
+
+
+def dropout_masks(key: jax.Array, rates: DropoutRates, ntoken: int, batch: int, nhid: int,
+                  dtype=jnp.float32) -> Masks:
+  """One forward's masks (ninp = nhid, as weight tying needs)."""
+  for name, rate in rates._asdict().items():
+    if not 0 <= rate < 1:
+      raise ValueError(f'{name}={rate!r}: a dropout rate must be in [0, 1)')
+  keys = jax.random.split(key, 5)
+
+  def mask(k, rate, shape):
+    if rate == 0:
+      return None
+    return jax.random.bernoulli(k, 1 - rate, shape).astype(dtype) / (1 - rate)
+
+  return Masks(mask(keys[0], rates.dropoute, (ntoken, 1)),
+               mask(keys[1], rates.dropouti, (batch, nhid)),
+               mask(keys[2], rates.dropoutx, (batch, nhid)),
+               mask(keys[3], rates.dropouth, (batch, nhid)),
+               mask(keys[4], rates.dropout, (batch, nhid)))
+
+
+def _locked(mask):
+  """A (B, D) mask for every time step of a (T, B, D) sequence."""
+  return None if mask is None else mask[None]
+
+
+def _embed(w, tokens, m: Masks):
+  # embedding dropout masks the table, so the tied decoder still reads the unmasked one
+  return _masked(_masked(w['encoder'], m.embedding_rows)[tokens], _locked(m.embedding))
 
 
 def nll(log_probs, targets) -> jax.Array:

@@ -233,3 +233,75 @@ def test_bad_estimator_is_a_one_line_error():
   with pytest.raises(ValueError, match="estimator='second' is unknown; allowed: first_order, "
                      'exact, finite_difference, unrolled, implicit'):
     rs.RecurrentSearchHParams(estimator='second').check()
+
+
+# ----------------------------------------------------------------------------------------------
+# dropouts (not in the reference file: their statistics and placement are tested here)
+# ----------------------------------------------------------------------------------------------
+
+def test_dropout_masks_have_the_rates_and_keep_the_mean():
+  rates = rc.DropoutRates(dropout=0.75, dropouth=0.25, dropoutx=0.5, dropouti=0.2, dropoute=0.1)
+  m = rc.dropout_masks(jax.random.PRNGKey(0), rates, ntoken=4000, batch=400, nhid=100)
+  for mask, rate, shape in ((m.embedding_rows, 0.1, (4000, 1)), (m.embedding, 0.2, (400, 100)),
+                            (m.x, 0.5, (400, 100)), (m.h, 0.25, (400, 100)),
+                            (m.output, 0.75, (400, 100))):
+    mask = np.asarray(mask)
+    assert mask.shape == shape
+    # inverted dropout: kept entries scaled by 1 / (1 - rate), so the mean stays 1
+    np.testing.assert_allclose(np.unique(mask), [0.0, 1 / (1 - rate)], rtol=1e-6)
+    n = mask.size
+    assert abs(np.mean(mask == 0) - rate) < 4 * np.sqrt(rate * (1 - rate) / n)
+  # five independent draws: no two masks of one shape are the same
+  assert not np.array_equal(m.embedding, m.x) and not np.array_equal(m.h, m.output)
+  none = rc.dropout_masks(jax.random.PRNGKey(0), rc.DropoutRates(0, 0, 0, 0, 0), 10, 2, 3)
+  assert none == rc.Masks()
+  with pytest.raises(ValueError, match=r'dropouth=1.0: a dropout rate must be in \[0, 1\)'):
+    rc.dropout_masks(jax.random.PRNGKey(0), rc.DropoutRates(dropouth=1.0), 10, 2, 3)
+
+
+def _small(seed=0, T=4, B=3, ntoken=7, nhid=4):
+  config = rc.RecurrentConfig(ntoken=ntoken, nhid=nhid, steps=3)
+  k = jax.random.split(jax.random.PRNGKey(seed), 4)
+  w = rc.init_weights(k[0], config, jnp.float64, init_range=0.5)
+  alpha = rc.init_alphas(k[1], config, jnp.float64, scale=0.5)
+  tokens = jax.random.randint(k[2], (T, B), 0, ntoken)
+  hidden = 0.5 * jax.random.normal(k[3], (B, nhid), jnp.float64)
+  return config, w, alpha, rc.init_batch_stats(config, jnp.float64), tokens, hidden
+
+
+def test_dropouts_act_where_the_original_puts_them(x64):
+  config, w, alpha, stats, tokens, hidden = _small()
+  B, n = hidden.shape
+  genotype = rc.RecurrentGenotype((('tanh', 0), ('relu', 1), ('sigmoid', 1)), (1, 2, 3))
+  search = lambda w_, m: rc.search_forward(w_, alpha, stats, tokens, hidden, masks=m)  # noqa
+  evaluate = lambda w_, m: rc.eval_forward(w_, genotype, tokens, hidden, masks=m)  # noqa
+  ones = rc.Masks(jnp.ones((7, 1)), jnp.ones((B, n)), jnp.ones((B, n)), jnp.ones((B, n)),
+                  jnp.ones((B, n)))
+  for forward in (search, evaluate):
+    # masks of ones change nothing
+    plain, masked = forward(w, None), forward(w, ones)
+    np.testing.assert_array_equal(plain.log_probs, masked.log_probs)
+    # output dropout (locked: one mask for every step) acts after the recurrence only: the
+    # hidden states stay, and the decoder reads the masked outputs
+    out_mask = jnp.ones((B, n)).at[1, 2].set(0.0).at[0, 0].set(2.0)
+    dropped = forward(w, rc.Masks(output=out_mask))
+    np.testing.assert_array_equal(dropped.hiddens, plain.hiddens)
+    logits = jnp.einsum('tbh,vh->tbv', plain.hiddens * out_mask[None], w['encoder'])
+    np.testing.assert_allclose(dropped.log_probs, jax.nn.log_softmax(
+        logits + w['decoder_bias'][None, None], -1), rtol=1e-13)
+    # the embedded input enters the cell only through W0: dropping it by its row of the
+    # table (dropoute, every token the same word), by dropouti or by dropoutx is one thing
+    same = jnp.full_like(tokens, 3)
+    run = lambda m: (rc.search_forward(w, alpha, stats, same, hidden, masks=m)  # noqa: E731
+                     if forward is search else rc.eval_forward(w, genotype, same, hidden,
+                                                               masks=m))
+    row = run(rc.Masks(embedding_rows=jnp.ones((7, 1)).at[3].set(0.0)))
+    np.testing.assert_allclose(row.log_probs, run(rc.Masks(embedding=jnp.zeros((B, n)))).log_probs,
+                               rtol=1e-14)
+    np.testing.assert_allclose(row.log_probs, run(rc.Masks(x=jnp.zeros((B, n)))).log_probs,
+                               rtol=1e-14)
+    # dropouth masks every matrix product's state input (and h's rows of W0): with it at 0
+    # the node matrices and those rows have no effect at all
+    grads = jax.grad(lambda w_: jnp.sum(forward(w_, rc.Masks(h=jnp.zeros((B, n)))).log_probs))(w)
+    assert not np.any(grads['Ws']) and not np.any(grads['W0'][n:])
+    assert np.any(grads['W0'][:n])
