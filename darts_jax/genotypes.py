@@ -148,25 +148,31 @@ def _literal(node: ast.AST, text: str) -> Any:
   raise ValueError(f'malformed genotype string: unexpected {ast.get_source_segment(text, node)!r}')
 
 
-def _parse_genotype_call(text: str) -> dict[str, Any]:
+_CNN_FORM = ("Genotype(normal=[('op', input), ...], normal_concat=[...], reduce=[...], "
+             'reduce_concat=[...])')
+
+
+def _parse_genotype_call(text: str, what: str = 'genotype', form: str = _CNN_FORM
+                         ) -> dict[str, Any]:
+  """The keyword arguments of the original's ``Genotype(...)`` string, parsed without eval;
+  ``what`` and ``form`` name the kind of genotype in the errors."""
   if not isinstance(text, str):
-    raise ValueError(f'a genotype string is needed, got {type(text).__name__}')
+    raise ValueError(f'a {what} string is needed, got {type(text).__name__}')
   text = text.strip()
   try:
     tree = ast.parse(text, mode='eval')
   except SyntaxError:
-    raise ValueError(f'malformed genotype string: {text[:80]!r} is not '
-                     "Genotype(normal=[('op', input), ...], normal_concat=[...], reduce=[...], "
-                     'reduce_concat=[...])') from None
+    raise ValueError(f'malformed {what} string: {text[:80]!r} is not {form}') from None
   call = tree.body
   if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
           and call.func.id == 'Genotype' and not call.args):
-    raise ValueError(f'malformed genotype string: expected Genotype(normal=..., ...) with keyword '
+    first_field = form.split('=')[0]  # e.g. 'Genotype(normal'
+    raise ValueError(f'malformed {what} string: expected {first_field}=..., ...) with keyword '
                      f'arguments, got {text[:80]!r}')
   names = [kw.arg for kw in call.keywords]
   repeated = sorted({n for n in names if names.count(n) > 1})
   if repeated:
-    raise ValueError(f'malformed genotype string: keyword {repeated[0]!r} given twice')
+    raise ValueError(f'malformed {what} string: keyword {repeated[0]!r} given twice')
   return {kw.arg: _literal(kw.value, text) for kw in call.keywords}
 
 

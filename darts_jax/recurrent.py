@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from darts_jax.genotypes import _as_concat, _as_pairs, _literal, parse_spec
+from darts_jax.genotypes import _as_concat, _as_pairs, _parse_genotype_call, parse_spec
 
 PRIMITIVES: tuple[str, ...] = ('none', 'tanh', 'relu', 'sigmoid', 'identity')
 STEPS = 8
@@ -42,6 +42,7 @@ ACTIVATIONS = {'tanh': jnp.tanh, 'relu': jax.nn.relu, 'sigmoid': jax.nn.sigmoid,
                'identity': lambda g: g}
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.1  # PyTorch's: running = 0.9 running + 0.1 batch
+_FORM = "Genotype(recurrent=[('op', state), ...], concat=range(1, 9))"
 INIT_RANGE = 0.04  # the original's U(-0.04, 0.04) for every weight, zero decoder bias
 
 
@@ -122,16 +123,7 @@ class RecurrentGenotype:
   @classmethod
   def from_string(cls, text: str) -> 'RecurrentGenotype':
     """The original's string form, parsed without eval."""
-    import ast
-    try:
-      call = ast.parse(text.strip(), mode='eval').body
-    except SyntaxError:
-      call = None
-    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
-            and call.func.id == 'Genotype' and not call.args):
-      raise ValueError(f'malformed recurrent genotype string: {text[:80]!r} is not '
-                       "Genotype(recurrent=[('op', state), ...], concat=range(1, 9))")
-    return cls.from_dict({kw.arg: _literal(kw.value, text) for kw in call.keywords})
+    return cls.from_dict(_parse_genotype_call(text, 'recurrent genotype', _FORM))
 
   def validate_ops(self, allowed: Sequence[str] = PRIMITIVES) -> None:
     for op, _ in self.recurrent:
@@ -151,8 +143,7 @@ GENOTYPES = {'DARTS_V1': DARTS_V1, 'DARTS_V2': DARTS_V2, 'DARTS': DARTS_V2}
 
 def parse_genotype(spec: 'str | Mapping | RecurrentGenotype') -> RecurrentGenotype:
   """A recurrent genotype from a published name, the original's string form, JSON or a dict."""
-  return parse_spec(spec, RecurrentGenotype, GENOTYPES, 'recurrent genotype',
-                    'Genotype(recurrent=[...], concat=range(1, 9))')
+  return parse_spec(spec, RecurrentGenotype, GENOTYPES, 'recurrent genotype', _FORM)
 
 
 def derive_genotype(alphas: Mapping[str, Any], primitives: Sequence[str] = PRIMITIVES

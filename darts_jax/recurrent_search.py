@@ -58,13 +58,18 @@ def clip_coefficient(g, max_norm) -> jax.Array:
   return max_norm / (hg.tree_norm(g) + CLIP_EPS)
 
 
-def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+def clip_tree(g, max_norm):
   """g * min(1, c) with torch's c (optax's own clip has no 1e-6: a relative difference of
   1e-6 / ||g||, beyond float64 checks)."""
+  scale = jnp.minimum(clip_coefficient(g, max_norm), 1.0)
+  return jax.tree_util.tree_map(lambda x: scale * x, g)
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+  """:func:`clip_tree` as an optax transformation."""
   def update(updates, state, params=None):
     del params
-    scale = jnp.minimum(clip_coefficient(updates, max_norm), 1.0)
-    return jax.tree_util.tree_map(lambda g: scale * g, updates), state
+    return clip_tree(updates, max_norm), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
@@ -101,9 +106,7 @@ def architect_finite_difference(train_loss: hg.LossFn, val_loss: hg.LossFn, w, a
   inner = virtual_step(hp)
   w_prime = hg.step_of_gradient(inner, inner.init(w), w)(g)
   lv, (v, d) = jax.value_and_grad(val_loss, argnums=(0, 1))(w_prime, alpha)
-  u = v
-  if hp.clip_v and hp.clip > 0:
-    u = jax.tree_util.tree_map(lambda x: jnp.minimum(clip_coefficient(v, hp.clip), 1.0) * x, v)
+  u = clip_tree(v, hp.clip) if hp.clip_v and hp.clip > 0 else v
   radius = hp.r / hg.tree_norm(u)
   grad_alpha_train = jax.grad(train_loss, argnums=1)
   plus = grad_alpha_train(hg.tree_axpy(radius, u, w), alpha)

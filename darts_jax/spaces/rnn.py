@@ -80,9 +80,8 @@ def _search_program(primitives: tuple[str, ...], hp: rs.RecurrentSearchHParams):
     fd, aux = rs.architect_finite_difference(train_loss, val_loss, w, alpha, a)
     hidden_val_unrolled = forward(aux.w_prime, alpha, stats, val[0], hidden_val).hidden
     # eq. (7) with the exact mixed second derivative (r -> 0), the architect's quirks kept
-    v = jax.tree_util.tree_map(lambda x: jnp.minimum(rs.clip_coefficient(aux.v, a.clip), 1.0)
-                               * x, aux.v)
-    fd_limit = hg.tree_axpy(-a.eta * aux.clip_coef, hg.mixed_hvp(train_loss, w, alpha, v),
+    fd_limit = hg.tree_axpy(-a.eta * aux.clip_coef,
+                            hg.mixed_hvp(train_loss, w, alpha, rs.clip_tree(aux.v, a.clip)),
                             aux.direct)
     inner = rs.virtual_step(a)
     exact = hg.second_order(train_loss, val_loss, w, alpha, inner, inner.init(w))[0]
