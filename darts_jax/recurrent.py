@@ -236,15 +236,15 @@ def _mixed_activation(g, probs, primitives):
   for k, name in enumerate(primitives):
     if name == 'none':
       continue
-    p = probs[..., k][..., None, None]  # (slots, 1, 1) against (slots, B, nhid)
+    p = probs[..., k][..., None, None]  # (edges, 1, 1) against (edges, B, nhid)
     total = total + p * ACTIVATIONS[name](g)
     weight = weight + p
   return total, weight
 
 
 def edge_probabilities(probs: jax.Array, steps: int) -> jax.Array:
-  """The alpha rows (E, K) as (S, S + 1, K): node i's slot j holds the edge s_j -> node i for
-  j <= i and zeros after (states not yet computed then add nothing)."""
+  """The alpha rows (E, K) as (S, S + 1, K): row [i, j] holds the edge s_j -> node i for j <= i,
+  zeros after (node i reads rows [i, :i + 1])."""
   index = np.zeros((steps, steps + 1), np.int32)
   mask = np.zeros((steps, steps + 1, 1), bool)
   for i in range(steps):
@@ -257,27 +257,20 @@ def search_cell(w, edge_probs, x, h, stats, train: bool, primitives=PRIMITIVES, 
                 h_mask=None):
   """One time step of the search cell: (h_next, statistics after its 1 + S BatchNorm calls).
 
-  The nodes are a scan over S steps of one shape (compile time does not grow with S): the
-  states live in S + 1 slots, and node i mixes every slot with ``edge_probs[i]``, which is zero
-  for the slots after i. That multiplies about twice the state rows that an unrolled loop
-  would, and traces one node instead of S."""
+  Node i multiplies its i + 1 predecessor states by its one matrix at once and mixes them with
+  ``edge_probs[i, :i + 1]`` (the nodes are unrolled: S copies of one small computation inside
+  the time loop's scan)."""
   s0, stats = _batch_norm(_first_state(w, x, h, x_mask, h_mask), stats, train)
-  steps = w['Ws'].shape[0]
   state_mask = None if h_mask is None else h_mask[None]
-  states = jnp.zeros((steps + 1,) + s0.shape, s0.dtype).at[0].set(s0)
-
-  def node(carry, inputs):
-    states, stats = carry
-    i, ws, p = inputs
+  states = [s0]
+  for i in range(w['Ws'].shape[0]):
+    prev = jnp.stack(states)  # (i + 1, B, nhid): every state node i reads
     # node i's one matrix, every edge; dropouth masks the states it multiplies
-    c, g = _gate(jnp.einsum('jbh,hk->jbk', _masked(states, state_mask), ws))
-    f, weight = _mixed_activation(g, p, primitives)
-    s, stats = _batch_norm(jnp.sum(weight * states + c * (f - weight * states), 0), stats, train)
-    return (states.at[i + 1].set(s), stats), None
-
-  (states, stats), _ = jax.lax.scan(node, (states, stats),
-                                    (jnp.arange(steps), w['Ws'], edge_probs))
-  return jnp.mean(states[1:], 0), stats
+    c, g = _gate(jnp.einsum('jbh,hk->jbk', _masked(prev, state_mask), w['Ws'][i]))
+    f, weight = _mixed_activation(g, edge_probs[i, :i + 1], primitives)
+    s, stats = _batch_norm(jnp.sum(weight * prev + c * (f - weight * prev), 0), stats, train)
+    states.append(s)
+  return jnp.mean(jnp.stack(states[1:]), 0), stats
 
 
 def eval_cell(w, genotype: RecurrentGenotype, x, h, x_mask=None, h_mask=None):
@@ -302,34 +295,61 @@ class RecurrentOutput(NamedTuple):
   batch_stats: Any  # the search cell's running statistics after the forward; {} for evaluation
 
 
+def _valid_steps(tokens, length):
+  """Which of the T time steps are real: the first ``length`` (all when ``length`` is None).
+  Batches of different lengths are padded to one T, so that one compiled program runs them."""
+  t = tokens.shape[0]
+  return jnp.ones((t,), bool) if length is None else jnp.arange(t) < length
+
+
 def search_forward(w, alphas, batch_stats, tokens, hidden, train: bool = True,
-                   primitives: Sequence[str] = PRIMITIVES, masks: 'Masks | None' = None
-                   ) -> RecurrentOutput:
+                   primitives: Sequence[str] = PRIMITIVES, masks: 'Masks | None' = None,
+                   length=None, remat: bool = True) -> RecurrentOutput:
   """The search network on time-major ``tokens`` (T, B) from ``hidden`` (B, nhid); ``masks``
-  (:func:`dropout_masks`, training only) are its dropouts, None for none."""
+  (:func:`dropout_masks`, training only) are its dropouts, None for none. ``length``: only the
+  first ``length`` steps are real; a padded step leaves the hidden state and the running
+  statistics as they were (its outputs are ignored by :func:`nll` and the regularisers).
+  ``remat``: a derivative keeps each time step's carry only and recomputes the cell's inside
+  (one more cell forward per backward pass; without it the exact hypergradient at the paper's
+  size asks for 39 GB)."""
   probs = edge_probabilities(jax.nn.softmax(alphas['recurrent'], axis=-1), w['Ws'].shape[0])
   m = masks or Masks()
 
-  def step(carry, x):
-    h, stats = carry
-    h, stats = search_cell(w, probs, x, h, stats, train, tuple(primitives), m.x, m.h)
-    return (h, stats), h
+  def step(carry, inputs):
+    x, real = inputs
+    h, stats = search_cell(w, probs, x, *carry, train, tuple(primitives), m.x, m.h)
+    carry = jax.tree_util.tree_map(lambda new, old: jnp.where(real, new, old), (h, stats), carry)
+    return carry, carry[0]
 
-  (h, stats), hiddens = jax.lax.scan(step, (hidden, batch_stats), _embed(w, tokens, m))
+  body = jax.checkpoint(step, prevent_cse=False) if remat else step
+  (h, stats), hiddens = jax.lax.scan(body, (hidden, batch_stats),
+                                     (_embed(w, tokens, m), _valid_steps(tokens, length)))
   return RecurrentOutput(_decode(w, _masked(hiddens, _locked(m.output))), h, hiddens, stats)
 
 
-def eval_forward(w, genotype: RecurrentGenotype, tokens, hidden, masks: 'Masks | None' = None
-                 ) -> RecurrentOutput:
-  """The evaluation network of ``genotype``; ``masks`` as in :func:`search_forward`."""
+def eval_forward(w, genotype: RecurrentGenotype, tokens, hidden, masks: 'Masks | None' = None,
+                 length=None) -> RecurrentOutput:
+  """The evaluation network of ``genotype``; ``masks`` and ``length`` as in
+  :func:`search_forward`."""
   m = masks or Masks()
 
-  def step(h, x):
-    h = eval_cell(w, genotype, x, h, m.x, m.h)
+  def step(h, inputs):
+    x, real = inputs
+    h = jnp.where(real, eval_cell(w, genotype, x, h, m.x, m.h), h)
     return h, h
 
-  h, hiddens = jax.lax.scan(step, hidden, _embed(w, tokens, m))
+  h, hiddens = jax.lax.scan(step, hidden, (_embed(w, tokens, m), _valid_steps(tokens, length)))
   return RecurrentOutput(_decode(w, _masked(hiddens, _locked(m.output))), h, hiddens, {})
+
+
+class TokenBatch(NamedTuple):
+  """One batch of a word-level corpus, time-major: inputs and next-word targets (T, B); only
+  the first ``length`` steps are real (None: all), and ``masks`` are the forward's dropouts
+  (None: none)."""
+  tokens: jax.Array
+  targets: jax.Array
+  length: jax.Array | None = None
+  masks: 'Masks | None' = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -384,15 +404,35 @@ def _embed(w, tokens, m: Masks):
   return _masked(_masked(w['encoder'], m.embedding_rows)[tokens], _locked(m.embedding))
 
 
-def nll(log_probs, targets) -> jax.Array:
-  """Mean negative log-likelihood over all T * B tokens."""
+def nll(log_probs, targets, length=None) -> jax.Array:
+  """Mean negative log-likelihood over the T * B tokens (the first ``length`` * B)."""
   picked = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-  return -jnp.mean(picked)
+  if length is None:
+    return -jnp.mean(picked)
+  real = _valid_steps(targets, length)[:, None]
+  return -jnp.sum(jnp.where(real, picked, 0)) / (length * targets.shape[1])
 
 
-def temporal_activation_regularization(hiddens) -> jax.Array:
-  """TAR (Merity et al. 2018): mean((h_t - h_{t-1})^2) over the per-step outputs."""
-  return jnp.mean(jnp.square(hiddens[1:] - hiddens[:-1]))
+def activation_regularization(dropped, length=None) -> jax.Array:
+  """AR (Merity et al. 2018): mean(h^2) over the dropped per-step outputs (the first
+  ``length`` steps)."""
+  squares = jnp.square(dropped)
+  if length is None:
+    return jnp.mean(squares)
+  real = _valid_steps(dropped, length)[:, None, None]
+  return jnp.sum(jnp.where(real, squares, 0)) / (length * squares[0].size)
+
+
+def temporal_activation_regularization(hiddens, length=None) -> jax.Array:
+  """TAR (Merity et al. 2018): mean((h_t - h_{t-1})^2) over the per-step outputs (the first
+  ``length`` of them)."""
+  squares = jnp.square(hiddens[1:] - hiddens[:-1])
+  if length is None:
+    return jnp.mean(squares)
+  real = _valid_steps(hiddens, length)[1:, None, None]
+  # a one-step batch has no pair: 0, not the 0 / 0 of an empty mean
+  pairs = jnp.maximum(length - 1, 1)
+  return jnp.sum(jnp.where(real, squares, 0)) / (pairs * squares[0].size)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import optax
 
 from darts_jax import hypergradient as hg
-from darts_jax.recurrent import nll, temporal_activation_regularization
+from darts_jax import recurrent as rc
+from darts_jax.recurrent import TokenBatch, nll, temporal_activation_regularization
 
 CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_: max_norm / (||g|| + 1e-6)
 
@@ -191,17 +192,31 @@ def init_search_state(hp: RecurrentSearchHParams, weights, alphas, batch_stats, 
                       ) -> RecurrentSearchState:
   hp.check()
   nhid = weights['W0'].shape[1] // 2
-  zeros = jnp.zeros((batch_size, nhid), weights['W0'].dtype)
+  zeros = lambda: jnp.zeros((batch_size, nhid), weights['W0'].dtype)  # noqa: E731
+  # two buffers: a jitted step may donate the state, and one buffer cannot be donated twice
   return RecurrentSearchState(weights, alphas, batch_stats, alpha_optimizer(hp).init(alphas),
-                              zeros, zeros)
+                              zeros(), zeros())
 
 
-def _loss(forward, batch_stats, batch, hidden):
-  """(w, alpha) -> NLL of ``forward`` on ``batch`` (tokens, targets) from ``hidden``, and its
-  output (next hidden, per-step outputs, statistics)."""
+def search_network(primitives=rc.PRIMITIVES, train: bool = True):
+  """``forward(w, alpha, batch_stats, batch, hidden)`` of the search network on a
+  :class:`~darts_jax.recurrent.TokenBatch` (its masks and length applied)."""
+  def forward(w, alpha, batch_stats, batch: TokenBatch, hidden):
+    return rc.search_forward(w, alpha, batch_stats, batch.tokens, hidden, train,
+                             tuple(primitives), batch.masks, batch.length)
+  return forward
+
+
+def _as_batch(batch) -> TokenBatch:
+  return batch if isinstance(batch, TokenBatch) else TokenBatch(*batch)
+
+
+def _loss(forward, batch_stats, batch: TokenBatch, hidden):
+  """(w, alpha) -> NLL of ``forward`` on ``batch`` from ``hidden``, and its output (next
+  hidden, per-step outputs, statistics)."""
   def loss(w, alpha):
-    out = forward(w, alpha, batch_stats, batch[0], hidden)
-    return nll(out.log_probs, batch[1]), out
+    out = forward(w, alpha, batch_stats, batch, hidden)
+    return nll(out.log_probs, batch.targets, batch.length), out
   return loss
 
 
@@ -211,10 +226,14 @@ def architect_step(hp: RecurrentSearchHParams, forward, w, alpha, batch_stats, t
   hidden state: from the virtual model w' after a virtual step (as ``architect.step(unrolled=
   True)`` returns it), else from w. ``eta`` is this step's network learning rate."""
   a = hp.architect._replace(eta=eta)
+  train, val = _as_batch(train), _as_batch(val)
   train_full = _loss(forward, batch_stats, train, hidden_train)
   val_full = _loss(forward, batch_stats, val, hidden_val)
   train_loss = lambda w_, al: train_full(w_, al)[0]  # noqa: E731
   val_loss = lambda w_, al: val_full(w_, al)[0]  # noqa: E731
+  if hp.estimator == 'first_order':  # grad_alpha L_val(w, alpha); its forward gives the hidden
+    (lv, out), g = jax.value_and_grad(val_full, argnums=1, has_aux=True)(w, alpha)
+    return g, lv, out.hidden
   if hp.estimator == 'finite_difference':
     g, aux = architect_finite_difference(train_loss, val_loss, w, alpha, a)
     at = aux.w_prime
@@ -236,20 +255,22 @@ def search_step(hp: RecurrentSearchHParams, forward, state: RecurrentSearchState
   """One step of the recurrent search: Adam on the architect's alpha gradient, then clipped
   SGD at ``eta`` on NLL + tar_beta * TAR with the new alphas (``rnn/train_search.py``).
 
-  ``forward(w, alpha, batch_stats, tokens, hidden) -> RecurrentOutput`` is the search network
-  in training mode (e.g. ``recurrent.search_forward``); ``train`` and ``val`` are (tokens,
-  targets), time-major. The running statistics follow the weight step's forward (the original
+  ``forward(w, alpha, batch_stats, batch, hidden) -> RecurrentOutput`` is the search network
+  in training mode (:func:`search_network`); ``train`` and ``val`` are
+  :class:`~darts_jax.recurrent.TokenBatch` es (or (tokens, targets)), time-major. The running statistics follow the weight step's forward (the original
   also folds in the architect's forwards on the same model: one on the validation batch for
   first order, three on the training batch for its finite difference)."""
+  train, val = _as_batch(train), _as_batch(val)
   g, lv, hidden_val = architect_step(hp, forward, state.weights, state.alphas, state.batch_stats,
                                      train, state.hidden_train, val, state.hidden_val, eta)
   updates, alpha_opt_state = alpha_optimizer(hp).update(g, state.alpha_opt_state, state.alphas)
   alphas = optax.apply_updates(state.alphas, updates)
 
   def weight_loss(w):
-    out = forward(w, alphas, state.batch_stats, train[0], state.hidden_train)
-    raw = nll(out.log_probs, train[1])
-    return raw + hp.tar_beta * temporal_activation_regularization(out.hiddens), (raw, out)
+    out = forward(w, alphas, state.batch_stats, train, state.hidden_train)
+    raw = nll(out.log_probs, train.targets, train.length)
+    tar = temporal_activation_regularization(out.hiddens, train.length)
+    return raw + hp.tar_beta * tar, (raw, out)
 
   (total, (raw, out)), gw = jax.value_and_grad(weight_loss, has_aux=True)(state.weights)
   opt = weight_optimizer(hp, eta)

@@ -23,9 +23,10 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
+import numpy as np
 
 from darts_jax import checkpoint as ckpt_lib
 from darts_jax import compile_cache
@@ -48,7 +49,8 @@ class EpochLoop(NamedTuple):
   what: str  # the step's name while it compiles, e.g. 'the search step (exact)'
   step: Callable  # jitted: (state, *batches) -> (state, aux)
   batches: Callable[[int], Callable[[int], tuple]]  # epoch -> (step in the epoch -> batches)
-  running: Callable[[Any], tuple[float, float]]  # host metrics -> (mean loss, accuracy) so far
+  # host metrics -> (mean loss, second figure) so far; the bar names the second one `second`
+  running: Callable[[Any], tuple[float, float]]
   # (state, epoch, seconds) -> this epoch's record ('kind': 'epoch'); writes the run's own files
   end_epoch: Callable[[Any, int, float], Record]
   report: Callable[[Record], str]  # an epoch record as the log shows it
@@ -57,6 +59,10 @@ class EpochLoop(NamedTuple):
   # checkpoint: pictures, a best checkpoint
   after_epoch: Callable[[Any, Record, list[Record]], None] = lambda state, record, records: None
   intro: Callable[[int], list[str]] = lambda step: []  # log lines once restored, at `step`
+  second: str = 'acc'  # what running's second figure is (accuracy; perplexity for a language model)
+  # (state, record, records so far) -> the state the next epoch starts from, after after_epoch and
+  # before the epoch's checkpoint (a decision taken on the epoch's record, e.g. NT-ASGD's switch)
+  advance: Callable[[Any, Record, list[Record]], Any] = lambda state, record, records: state
 
 
 def progress(total: int, initial: int, desc: str, enabled: bool):
@@ -66,10 +72,39 @@ def progress(total: int, initial: int, desc: str, enabled: bool):
               leave=True, file=sys.stderr)
 
 
-def nonfinite_error(bad_step: int, steps_per_epoch: int, last_checkpoint: int | None,
+class Epochs(NamedTuple):
+  """Where each epoch starts: ``starts[e]`` steps come before epoch e (0-based), and
+  ``starts[-1]`` is the run's length. Epochs may differ in length (a language model's epoch
+  is as long as its drawn sequence lengths make it)."""
+  starts: np.ndarray
+
+  @classmethod
+  def of(cls, steps_per_epoch: 'int | Sequence[int]', epochs: int) -> 'Epochs':
+    lengths = ([steps_per_epoch] * epochs if isinstance(steps_per_epoch, (int, np.integer))
+               else list(steps_per_epoch)[:epochs])
+    return cls(np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]))
+
+  @property
+  def total(self) -> int:
+    return int(self.starts[-1])
+
+  def epoch_of(self, step: int) -> int:
+    """The 0-based epoch that step ``step`` (0-based) belongs to."""
+    return int(np.searchsorted(self.starts, step, side='right')) - 1
+
+  def length(self, epoch: int) -> int:
+    return int(self.starts[epoch + 1] - self.starts[epoch])
+
+  def where(self, step: int) -> str:
+    """'epoch E, step S of N' (1-based) for the step after ``step`` steps."""
+    e = min(self.epoch_of(step), len(self.starts) - 2)
+    return f'epoch {e + 1}, step {step - int(self.starts[e]) + 1} of {self.length(e)}'
+
+
+def nonfinite_error(bad_step: int, epochs: Epochs, last_checkpoint: int | None,
                     workdir: str) -> NonFiniteError:
   return NonFiniteError(
-      f'non-finite loss or gradient at step {bad_step} (epoch {bad_step // steps_per_epoch + 1}); '
+      f'non-finite loss or gradient at step {bad_step} (epoch {epochs.epoch_of(bad_step) + 1}); '
       f'stopped. Last good checkpoint: '
       f'{"none" if last_checkpoint is None else f"step {last_checkpoint}"} in '
       f'{workdir}/checkpoints')
@@ -92,14 +127,13 @@ def on_stop(error: BaseException, state, checkpoints, save: Callable[[], None],
         'command to resume.')
 
 
-def restore_latest(checkpoints, state, workdir: str, resumed: bool, steps_per_epoch: int,
+def restore_latest(checkpoints, state, workdir: str, resumed: bool, epochs: Epochs,
                    log: Callable[[str], None]):
   """The latest checkpoint of the run in ``workdir`` if there is one, else ``state``."""
   if checkpoints.latest_step() is not None:
     state, _ = checkpoints.restore(state)
     step = int(state.step)
-    log(f'resuming {workdir} from step {step} (epoch {step // steps_per_epoch + 1}, step '
-        f'{step % steps_per_epoch + 1} of {steps_per_epoch})')
+    log(f'resuming {workdir} from step {step} ({epochs.where(step)})')
   elif resumed:
     log(f'{workdir} has this run\'s config but no checkpoint: starting from step 0')
   return state
@@ -167,14 +201,16 @@ def compile_ahead(step_fn, args: tuple, what: str, log: Callable[[str], None]):
 
 
 def run_epochs(loop: EpochLoop, state, *, cfg: Mapping, workdir: str, epochs: int,
-               steps_per_epoch: int, resumed: bool, main: bool,
+               steps_per_epoch: 'int | Sequence[int]', resumed: bool, main: bool,
                log: Callable[[str], None]) -> tuple[Any, list[Record]]:
   """Runs ``loop`` from ``state`` (or the latest checkpoint in ``workdir``) to ``epochs`` epochs
-  of ``steps_per_epoch`` steps. Reads ``cfg``'s ``log_every``, ``checkpoint_every``,
-  ``keep_checkpoints``, ``tensorboard`` and ``progress``; only the ``main`` process writes
-  metrics. Returns the final state and every epoch's record (those of earlier runs included).
+  of ``steps_per_epoch`` steps (one number, or one per epoch). Reads ``cfg``'s ``log_every``,
+  ``checkpoint_every``, ``keep_checkpoints``, ``tensorboard`` and ``progress``; only the
+  ``main`` process writes metrics. Returns the final state and every epoch's record (those of
+  earlier runs included).
   """
-  spe, total = steps_per_epoch, epochs * steps_per_epoch
+  bounds = Epochs.of(steps_per_epoch, epochs)
+  total = bounds.total
   checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, 'checkpoints'),
                                      cfg['keep_checkpoints'])
   writer = MetricWriter(workdir, cfg['tensorboard'], enabled=main)
@@ -182,14 +218,15 @@ def run_epochs(loop: EpochLoop, state, *, cfg: Mapping, workdir: str, epochs: in
   def guard():
     bad = int(state.nonfinite_step)
     if bad >= 0:
-      raise nonfinite_error(bad, spe, checkpoints.latest_step(), workdir)
+      raise nonfinite_error(bad, bounds, checkpoints.latest_step(), workdir)
 
   def save():
     guard()
-    checkpoints.save(int(state.step), state, {'epoch': int(state.step) // spe})
+    step = int(state.step)
+    checkpoints.save(step, state, {'epoch': bounds.epoch_of(step)})  # epochs completed
 
   try:
-    state = restore_latest(checkpoints, state, workdir, resumed, spe, log)
+    state = restore_latest(checkpoints, state, workdir, resumed, bounds, log)
     step = int(state.step)
     writer.truncate_after(step)
     parallel.barrier('metrics')  # every process reads the records as process 0 left them
@@ -198,25 +235,28 @@ def run_epochs(loop: EpochLoop, state, *, cfg: Mapping, workdir: str, epochs: in
       log(line)
     step_fn = loop.step
     if step < total:
-      step_fn = compile_ahead(step_fn, (state, *loop.batches(step // spe)(step % spe)),
-                              loop.what, log)
+      epoch = bounds.epoch_of(step)
+      step_fn = compile_ahead(
+          step_fn, (state, *loop.batches(epoch)(step - int(bounds.starts[epoch]))), loop.what,
+          log)
     try:
       while step < total:
-        epoch = step // spe
+        epoch = bounds.epoch_of(step)
+        start, end = int(bounds.starts[epoch]), int(bounds.starts[epoch + 1])
         batches = loop.batches(epoch)
-        bar = progress(spe, step % spe, f'epoch {epoch + 1}/{epochs}', cfg['progress'])
+        bar = progress(end - start, step - start, f'epoch {epoch + 1}/{epochs}', cfg['progress'])
         t0 = time.perf_counter()
-        while step < (epoch + 1) * spe:
-          state, _ = step_fn(state, *batches(step % spe))
+        while step < end:
+          state, _ = step_fn(state, *batches(step - start))
           step += 1
           bar.update(1)
           if cfg['log_every'] and step % cfg['log_every'] == 0:
             guard()
-            loss, accuracy = loop.running(jax.device_get(state.metrics))
-            bar.set_postfix(loss=f'{loss:.3f}', acc=f'{accuracy:.3f}')
+            loss, second = loop.running(jax.device_get(state.metrics))
+            bar.set_postfix({'loss': f'{loss:.3f}', loop.second: f'{second:.3f}'})
             writer.write({'kind': 'train', 'step': step, 'train_loss': loss},
                          {'train/loss_running': loss})
-          if cfg['checkpoint_every'] and step % cfg['checkpoint_every'] == 0 and step % spe:
+          if cfg['checkpoint_every'] and step % cfg['checkpoint_every'] == 0 and step < end:
             save()
         bar.close()
         guard()
@@ -224,6 +264,7 @@ def run_epochs(loop: EpochLoop, state, *, cfg: Mapping, workdir: str, epochs: in
         writer.write(record, {k: record[k] for k in loop.scalars if k in record})
         log(loop.report(record))
         loop.after_epoch(state, record, records)
+        state = loop.advance(state, record, records)
         records.append(record)
         save()
     except (KeyboardInterrupt, Exception) as e:

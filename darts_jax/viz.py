@@ -146,6 +146,44 @@ def save_genotype_graphs(genotype: Any, directory: str | os.PathLike, stem: str
   return out
 
 
+def recurrent_genotype_dot(genotype: Any) -> Any:
+  """A recurrent genotype (``darts_jax.recurrent.RecurrentGenotype``) as a left-to-right
+  ``graphviz.Digraph``: ``x_{t}`` and ``h_{t-1}`` make state 0, each (op, j) pair is an edge from
+  state j into the next node labelled with the op, and the concat states average into
+  ``h_{t}``."""
+  graphviz = _require('graphviz', 'recurrent_genotype_dot')
+  dot = graphviz.Digraph(
+      name='recurrent_cell', format='png', graph_attr={'rankdir': 'LR'},
+      node_attr={'style': 'filled', 'shape': 'box', 'align': 'center', 'fontname': 'helvetica',
+                 'fontsize': '20', 'height': '0.5', 'width': '0.5', 'penwidth': '2'},
+      edge_attr={'fontname': 'helvetica', 'fontsize': '16'})
+  for name in ('x_{t}', 'h_{t-1}'):
+    dot.node(name, fillcolor='darkseagreen2')
+    dot.edge(name, '0', color='gray40')
+  for i in range(len(genotype.recurrent) + 1):
+    dot.node(str(i), fillcolor='lightblue')
+  dot.node('h_{t}', fillcolor='palegoldenrod')
+  for i, (op, j) in enumerate(genotype.recurrent):
+    dot.edge(str(j), str(i + 1), label=op)
+  for c in genotype.concat:
+    dot.edge(str(c), 'h_{t}', color='gray40')
+  return dot
+
+
+def save_recurrent_graph(genotype: Any, directory: str | os.PathLike, stem: str) -> str:
+  """Writes ``{stem}.gv`` in ``directory`` and a ``.png`` when graphviz ``dot`` works; returns
+  the PNG's path when it was rendered, else the DOT source's."""
+  os.makedirs(directory, exist_ok=True)
+  gv_path = os.path.join(os.fspath(directory), f'{stem}.gv')
+  with open(gv_path, 'w', encoding='utf-8') as f:
+    f.write(recurrent_genotype_dot(genotype).source)
+  dot_exe = shutil.which('dot')
+  png_path = os.path.join(os.fspath(directory), f'{stem}.png')
+  if dot_exe is not None and _render_png(dot_exe, gv_path, png_path):
+    return png_path
+  return gv_path
+
+
 def _cell_mixing(mixing: Any, primitives: Sequence[str], where: str = 'mixing'
                  ) -> dict[str, np.ndarray]:
   """``mixing`` as ``{cell: float array (E, O)}`` in CELLS order, checked against ``primitives``."""
@@ -287,4 +325,20 @@ def plot_alpha_evolution(history: Sequence[Mapping[str, Any]], primitives: Seque
         e += 1
   fig.legend(handles, primitives, loc='outside lower center', ncol=min(len(primitives), 8),
              fontsize=8)
+  _save(fig, path)
+
+
+def plot_curves(epochs: Sequence[int], curves: Mapping[str, Sequence[float]],
+                path: str | os.PathLike, ylabel: str, log_y: bool = False) -> None:
+  """One line per named curve over the epochs (e.g. training and validation perplexity)."""
+  fig = _new_figure((6, 4))
+  ax = fig.add_subplot()
+  for name, values in curves.items():
+    ax.plot(list(epochs), list(values), marker='o', label=name)
+  ax.set_xlabel('epoch')
+  ax.set_ylabel(ylabel)
+  if log_y:
+    ax.set_yscale('log')
+  ax.grid(alpha=0.3)
+  ax.legend()
   _save(fig, path)

@@ -1,5 +1,6 @@
 """Every hypergradient estimator against the exact one, on the toy problems and on a search
-network (the reference file's, with its weights, batches and momentum buffer).
+network (the reference file's, with its weights, batches and momentum buffer): the CNN file's,
+or a recurrent file's (the format is told from the file's keys).
 
   python -m experiments.hypergradient_study [--reference FILE.npz] [--dtypes float64,float32]
                                             [--out study.json]
@@ -114,6 +115,83 @@ def study_network(path: str, dtype, done: frozenset = frozenset()):
                None)
 
 
+def study_recurrent(path: str, dtype, done: frozenset = frozenset()):
+  """The recurrent file's search model: every estimator against eq. 6 differentiated exactly
+  through the virtual step the recurrent search takes (clip and the held tied embedding
+  included), and the original architect's finite difference (its quirks) and the textbook one
+  against it."""
+  from darts_jax import hypergradient as hg
+  from darts_jax import recurrent as rc
+  from darts_jax import recurrent_search as rs
+  from darts_jax.spaces import rnn
+  with np.load(path) as f:
+    ref = {k: f[k] for k in f.files}
+  meta = json.loads(str(ref['meta']))
+  a = rnn.architect_hparams(meta['search'])
+  primitives = tuple(meta.get('primitives', rc.PRIMITIVES))
+  cast = lambda t: jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), t)  # noqa: E731
+  w = cast(rc.from_original({k[len('search/w/'):]: v for k, v in ref.items()
+                             if k.startswith('search/w/')}))
+  alphas = cast({'recurrent': ref['search/alphas']})
+  stats = cast({'mean': ref['search/bn/running_mean'], 'var': ref['search/bn/running_var']})
+  batch = lambda s: (jnp.asarray(ref[f'search/x_{s}']), jnp.asarray(ref[f'search/y_{s}']),  # noqa
+                     cast(ref[f'search/hidden_{s}'][0]))
+  data = (w, stats, batch('train'), batch('val'))
+
+  def losses(data):
+    w, stats, train, val = data
+    loss = lambda b: lambda w_, a_: rc.nll(rc.search_forward(  # noqa: E731
+        w_, a_, stats, b[0], b[2], True, primitives).log_probs, b[1])
+    return loss(train), loss(val)
+
+  def estimator(name, hp=a, **options):
+    def run(alpha, data, *fd_r):
+      train_loss, val_loss = losses(data)
+      if name == 'architect':  # the original's eq. 7, each quirk per hp
+        return rs.architect_finite_difference(train_loss, val_loss, data[0], alpha,
+                                              hp._replace(r=fd_r[0]))[0]
+      inner = rs.virtual_step(hp)
+      est = hg.make_estimator(name, inner, **options)
+      return est.estimate(train_loss, val_loss, data[0], alpha, inner.init(data[0]), hp.eta)[0]
+    return run
+
+  g_exact, c, r, t = _timed(estimator('exact'), alphas, data)
+  yield _row('exact (through the step as coded)', g_exact, g_exact, c, r, t)
+  textbook = rs.ArchitectHParams.textbook(eta=a.eta, weight_decay=a.weight_decay, clip=a.clip)
+  for name, fn in {'exact, textbook step (no clip, embedding stepped)': estimator(
+                       'exact', textbook),
+                   'first_order': estimator('first_order'),
+                   'unrolled K=2': estimator('unrolled', unrolled_steps=2),
+                   'implicit CG (20 iters)': estimator('implicit', implicit_maxiter=20),
+                   }.items():
+    if name in done:
+      continue
+    g, c, r, t = _timed(fn, alphas, data)
+    yield _row(name, g, g_exact, c, r, t)
+  for label, hp in (('the original architect', a), ('textbook eq. 7', textbook)):
+    compiled = None
+    for r_fd in (1e-2, 1e-4, 1e-6):
+      name = f'{label}, finite difference r={r_fd:g}'
+      if name in done:
+        continue
+      args = (alphas, data, jnp.asarray(r_fd, dtype))
+      if compiled is None:
+        t0 = time.perf_counter()
+        compiled = jax.jit(estimator('architect', hp)).lower(*args).compile()
+        c_fd = time.perf_counter() - t0
+      t0 = time.perf_counter()
+      g = jax.block_until_ready(compiled(*args))
+      yield _row(name, g, g_exact, c_fd, time.perf_counter() - t0, None)
+
+
+def study_file(path: str, dtype, done: frozenset = frozenset()):
+  """:func:`study_network` or :func:`study_recurrent`, by the file's format."""
+  from darts_jax.spaces import rnn
+  with np.load(path) as f:
+    meta = json.loads(str(f['meta']))
+  return (study_recurrent if rnn.detect(meta) else study_network)(path, dtype, done)
+
+
 def study_toys() -> list:
   from darts_jax import hypergradient as hg
   from darts_jax.toy import toy_train_loss, toy_val_loss
@@ -165,15 +243,15 @@ def main(argv=None) -> int:
   for name in dtypes:
     rows = results.setdefault(f'reference network, {name}', [])
     done = frozenset(r['estimator'] for r in rows if not r['estimator'].startswith('exact'))
-    print(f'\n{name}: {"estimator":28} {"cosine":>9} {"rel err":>9} {"run s":>8} {"compile s":>9}',
+    print(f'\n{name}: {"estimator":50} {"cosine":>9} {"rel err":>9} {"run s":>8} {"compile s":>9}',
           flush=True)
-    for row in study_network(args.reference, jnp.dtype(name), done):
+    for row in study_file(args.reference, jnp.dtype(name), done):
       if row['estimator'].startswith('exact'):
         rows[:] = [r for r in rows if not r['estimator'].startswith('exact')]
         rows.insert(0, row)
       else:
         rows.append(row)
-      print(f'{"":9}{row["estimator"]:28} {row["cosine"]:>9.4f} {row["rel_err"]:>9.2e} '
+      print(f'{"":9}{row["estimator"]:50} {row["cosine"]:>9.4f} {row["rel_err"]:>9.2e} '
             f'{row["run_s"]:>8.3f} {row["compile_s"]:>9.1f}', flush=True)
       save()
   save()

@@ -26,7 +26,7 @@ def test_read_corpus_numbers_words_as_the_original(tmp_path):
 
 def test_a_missing_split_names_the_file_to_place(tmp_path):
   _write(tmp_path, ['train.txt', 'valid.txt'], ['a b\n', 'a\n'])
-  with pytest.raises(FileNotFoundError, match="no test split in .*: place test.txt there "
+  with pytest.raises(corpus.DataError, match="no test split in .*: place test.txt there "
                      r'\(or ptb.test.txt / wiki.test.tokens\)'):
     corpus.read_corpus(str(tmp_path))
 

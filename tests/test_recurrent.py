@@ -219,7 +219,7 @@ def test_every_estimator_runs_the_recurrent_search_step(x64, estimator):
   hp = rs.RecurrentSearchHParams(estimator=estimator, implicit_maxiter=3)
   state = rs.init_search_state(hp, w, alpha, stats, batch_size=3)
   tokens = jax.random.randint(jax.random.PRNGKey(2), (2, 5, 3), 0, 11)
-  forward = lambda w_, a_, s_, t_, h_: rc.search_forward(w_, a_, s_, t_, h_, True)  # noqa: E731
+  forward = rs.search_network()
   new, metrics = jax.jit(lambda s: rs.search_step(hp, forward, s, (tokens[0, :4], tokens[0, 1:]),
                                                   (tokens[1, :4], tokens[1, 1:]), 20.0))(state)
   assert np.isfinite(float(metrics.total_loss)) and float(metrics.total_loss) > float(

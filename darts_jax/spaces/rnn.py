@@ -99,7 +99,7 @@ def _search_program(primitives: tuple[str, ...], hp: rs.RecurrentSearchHParams):
 
 @functools.lru_cache(maxsize=8)
 def _step_program(primitives: tuple[str, ...], hp: rs.RecurrentSearchHParams):
-  forward = _forward(primitives)
+  forward = rs.search_network(primitives)
   return jax.jit(lambda state, train, val: rs.search_step(hp, forward, state, train, val,
                                                           hp.architect.eta))
 
