@@ -198,12 +198,14 @@ def init_search_state(hp: RecurrentSearchHParams, weights, alphas, batch_stats, 
                               zeros(), zeros())
 
 
-def search_network(primitives=rc.PRIMITIVES, train: bool = True):
+def search_network(primitives=rc.PRIMITIVES, train: bool = True, remat: bool = True,
+                   nodes: str = 'unrolled'):
   """``forward(w, alpha, batch_stats, batch, hidden)`` of the search network on a
-  :class:`~darts_jax.recurrent.TokenBatch` (its masks and length applied)."""
+  :class:`~darts_jax.recurrent.TokenBatch` (its masks and length applied); ``remat`` and
+  ``nodes`` as in :func:`~darts_jax.recurrent.search_forward`."""
   def forward(w, alpha, batch_stats, batch: TokenBatch, hidden):
     return rc.search_forward(w, alpha, batch_stats, batch.tokens, hidden, train,
-                             tuple(primitives), batch.masks, batch.length)
+                             tuple(primitives), batch.masks, batch.length, remat, nodes)
   return forward
 
 

@@ -141,7 +141,7 @@ def study_recurrent(path: str, dtype, done: frozenset = frozenset()):
   def losses(data):
     w, stats, train, val = data
     loss = lambda b: lambda w_, a_: rc.nll(rc.search_forward(  # noqa: E731
-        w_, a_, stats, b[0], b[2], True, primitives).log_probs, b[1])
+        w_, a_, stats, b[0], b[2], True, primitives, nodes='scan').log_probs, b[1])
     return loss(train), loss(val)
 
   def estimator(name, hp=a, **options):

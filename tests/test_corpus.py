@@ -58,3 +58,21 @@ def test_demo_corpus_is_pythons_help_text_ptb_style():
   assert again.words == c.words and np.array_equal(again.train, c.train)
   with pytest.raises(ValueError, match='vocab_size=2: must be >= 3'):
     corpus.demo_corpus(vocab_size=2)
+
+
+def test_wikitext2_is_read_from_its_zip_and_ptb_from_its_files(tmp_path):
+  """The distributions' real layouts, made small: wikitext-2-v1.zip holds
+  wikitext-2/wiki.{train,valid,test}.tokens; PTB is ptb.{train,valid,test}.txt. Files already in
+  place are not fetched again."""
+  import zipfile
+  text = {'train': ' = Valkyria = \n the game <unk> \n', 'valid': ' the game \n', 'test': ' = \n'}
+  with zipfile.ZipFile(tmp_path / 'wikitext-2-v1.zip', 'w') as z:
+    for split, body in text.items():
+      z.writestr(f'wikitext-2/wiki.{split}.tokens', body)
+  c = corpus.load_corpus('wikitext2', str(tmp_path))
+  assert c.words[:5] == ('=', 'Valkyria', '<eos>', 'the', 'game')
+  assert len(c.train) == 4 + 4 and len(c.valid) == 3 and len(c.test) == 2  # <eos> per line
+  (tmp_path / 'ptb').mkdir()
+  for split, body in text.items():
+    (tmp_path / 'ptb' / f'ptb.{split}.txt').write_text(body)
+  assert corpus.load_corpus('ptb', str(tmp_path)).words == c.words

@@ -114,6 +114,30 @@ def test_search_step_on_padded_windows_equals_unpadded(x64, estimator):
   assert float(hg.tree_norm(bare[1].hypergradient)) > 0
 
 
+def test_unrolled_nodes_equal_the_scan_over_nodes(x64):
+  """The cell the runs use (nodes unrolled, each multiplying its predecessors) against the scan
+  over all state slots that the float64 reference checks run: outputs, statistics, gradients and
+  the exact hypergradient through the recurrent virtual step, float64."""
+  _, w, alpha, stats, tokens, hidden, masks = _problem()
+  outs = [rc.search_forward(w, alpha, stats, tokens[0, :6], hidden, True, masks=masks,
+                            nodes=n) for n in rc.NODE_LOOPS]
+  for a, b in zip(jax.tree_util.tree_leaves(outs[0]), jax.tree_util.tree_leaves(outs[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+  inner = rs.virtual_step(rs.ArchitectHParams(eta=2.0))
+
+  def exact(nodes):
+    loss = lambda i: lambda w_, a_: rc.nll(rc.search_forward(  # noqa: E731
+        w_, a_, stats, tokens[i, :6], hidden, True, masks=masks, nodes=nodes).log_probs,
+        tokens[i, 1:])
+    return jax.jit(lambda w_, a_: (jax.grad(loss(0), argnums=(0, 1))(w_, a_), hg.second_order(
+        loss(0), loss(1), w_, a_, inner, inner.init(w_))[0]))(w, alpha)
+  for a, b in zip(jax.tree_util.tree_leaves(exact('unrolled')),
+                  jax.tree_util.tree_leaves(exact('scan'))):
+    np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-15)
+  with pytest.raises(ValueError, match="nodes='loop': allowed: unrolled, scan"):
+    rc.search_forward(w, alpha, stats, tokens[0, :6], hidden, nodes='loop')
+
+
 def test_rematerialised_time_steps_change_no_number(x64):
   """Per-time-step remat (the default) against keeping every intermediate: the same gradients
   with respect to weights and alphas, float64."""

@@ -146,8 +146,10 @@ def _losses(data):
   stats, tokens, hidden = data
 
   def loss(which):
+    # the scan cell: the same numbers as the unrolled one (test_ptb_search), a shorter compile
     return lambda w_, a_: rc.nll(rc.search_forward(w_, a_, stats, tokens[which, :-1],
-                                                   hidden[which]).log_probs, tokens[which, 1:])
+                                                   hidden[which], nodes='scan').log_probs,
+                                 tokens[which, 1:])
   return loss(0), loss(1)
 
 
@@ -219,7 +221,7 @@ def test_every_estimator_runs_the_recurrent_search_step(x64, estimator):
   hp = rs.RecurrentSearchHParams(estimator=estimator, implicit_maxiter=3)
   state = rs.init_search_state(hp, w, alpha, stats, batch_size=3)
   tokens = jax.random.randint(jax.random.PRNGKey(2), (2, 5, 3), 0, 11)
-  forward = rs.search_network()
+  forward = rs.search_network(nodes='scan')
   new, metrics = jax.jit(lambda s: rs.search_step(hp, forward, s, (tokens[0, :4], tokens[0, 1:]),
                                                   (tokens[1, :4], tokens[1, 1:]), 20.0))(state)
   assert np.isfinite(float(metrics.total_loss)) and float(metrics.total_loss) > float(
