@@ -394,6 +394,11 @@ class DropoutRates(NamedTuple):
   dropouti: float = 0.2  # LockedDropout on the embedded input
   dropoute: float = 0.0  # whole rows of the embedding (a dropped word is dropped everywhere)
 
+  def check(self) -> None:
+    for name, rate in self._asdict().items():
+      if not 0 <= rate < 1:
+        raise ValueError(f'{name}={rate!r}: a dropout rate must be in [0, 1)')
+
 
 class Masks(NamedTuple):
   """Inverted-dropout masks (kept entries are 1 / (1 - rate)); None where a rate is 0."""
@@ -407,9 +412,7 @@ class Masks(NamedTuple):
 def dropout_masks(key: jax.Array, rates: DropoutRates, ntoken: int, batch: int, nhid: int,
                   dtype=jnp.float32) -> Masks:
   """One forward's masks (ninp = nhid, as weight tying needs)."""
-  for name, rate in rates._asdict().items():
-    if not 0 <= rate < 1:
-      raise ValueError(f'{name}={rate!r}: a dropout rate must be in [0, 1)')
+  rates.check()
   keys = jax.random.split(key, 5)
 
   def mask(k, rate, shape):

@@ -106,7 +106,10 @@ def hparams_from_config(cfg: Mapping) -> rs.RecurrentSearchHParams:
 
 
 def dropout_rates(cfg: Mapping) -> rc.DropoutRates:
-  return rc.DropoutRates(*(cfg[name] for name in rc.DropoutRates._fields))
+  """The config's five dropout rates, checked."""
+  rates = rc.DropoutRates(*(cfg[name] for name in rc.DropoutRates._fields))
+  rates.check()
+  return rates
 
 
 def check_config(cfg: Mapping) -> None:
@@ -115,9 +118,7 @@ def check_config(cfg: Mapping) -> None:
   run_config.check_int(cfg, 'bptt', 2)
   for name in ('log_every', 'checkpoint_every', 'max_tokens'):
     run_config.check_int(cfg, name, 0, 'all' if name == 'max_tokens' else 'off')
-  for name, rate in dropout_rates(cfg)._asdict().items():
-    if not 0 <= rate < 1:
-      raise ValueError(f'{name}={rate!r}: a dropout rate must be in [0, 1)')
+  dropout_rates(cfg)
   primitives = tuple(cfg['primitives']) or rc.PRIMITIVES
   unknown = [p for p in primitives if p not in rc.PRIMITIVES]
   if unknown:

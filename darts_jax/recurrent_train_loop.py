@@ -37,7 +37,7 @@ from darts_jax import run_loop
 from darts_jax.data import corpus as corpus_lib
 from darts_jax.hypergradient import tree_axpy
 from darts_jax.optim import keep_if_finite
-from darts_jax.recurrent_search_loop import _ppl, evaluate, load_corpus
+from darts_jax.recurrent_search_loop import _ppl, dropout_rates, evaluate, load_corpus
 
 MAY_DIFFER = ('log_every', 'checkpoint_every', 'keep_checkpoints', 'plots', 'tensorboard',
               'progress', 'data_dir', 'download')
@@ -175,9 +175,7 @@ def check_config(cfg: Mapping) -> None:
   run_config.check_int(cfg, 'bptt', 2)
   for name in ('log_every', 'checkpoint_every', 'max_tokens', 'max_seq_len_delta'):
     run_config.check_int(cfg, name, 0, 'all' if name == 'max_tokens' else 'off')
-  for name in rc.DropoutRates._fields:
-    if not 0 <= cfg[name] < 1:
-      raise ValueError(f'{name}={cfg[name]!r}: a dropout rate must be in [0, 1)')
+  dropout_rates(cfg)
   if not cfg['lr'] > 0:
     raise ValueError(f"lr={cfg['lr']!r}: must be > 0")
   genotype_of(cfg)
@@ -248,7 +246,7 @@ def run_recurrent_training(cfg: Mapping, workdir: str, *, log: Callable[[str], N
   run_config.check_workdir_usable(workdir)
   dtype = run_config.run_dtype(cfg)
   genotype, hp = genotype_of(cfg), hparams_from_config(cfg)
-  rates = rc.DropoutRates(*(cfg[n] for n in rc.DropoutRates._fields))
+  rates = dropout_rates(cfg)
   corpus = load_corpus(cfg)
   train = corpus_lib.batchify(corpus.train, cfg['batch_size'])
   val = corpus_lib.batchify(corpus.valid, cfg['eval_batch_size'])
