@@ -201,48 +201,6 @@ def test_bad_inputs_have_clear_errors():
 # ---- exact second order through a real (tiny) search network -------------------------------
 
 
-@pytest.mark.slow
-def test_unrolled_matches_central_differences_on_a_tiny_supernet(x64):
-  from darts_jax.supernet import SupernetConfig, init_alphas, init_supernet, make_loss
-  config = SupernetConfig(C=2, layers=3, primitives=('none', 'max_pool_3x3', 'skip_connect',
-                                                     'sep_conv_3x3'))
-  variables = init_supernet(jax.random.PRNGKey(0), config, (8, 8), jnp.float64)
-  alphas = init_alphas(jax.random.PRNGKey(1), config, jnp.float64, scale=0.5)
-  key_t, key_v = jax.random.split(jax.random.PRNGKey(2))
-  train = (jax.random.normal(key_t, (4, 8, 8, 3), jnp.float64), jnp.array([0, 1, 2, 3]))
-  val = (jax.random.normal(key_v, (4, 8, 8, 3), jnp.float64), jnp.array([3, 2, 1, 0]))
-  loss = make_loss(config)
-  inner = optax.chain(optax.add_decayed_weights(3e-4), optax.sgd(0.1, momentum=0.9))
-  buf = jax.tree_util.tree_map(lambda w: 0.1 * jnp.sign(w), variables.weights)
-  state = optax.tree_utils.tree_set(inner.init(variables.weights), trace=buf)
-  data = (variables.weights, state, variables.batch_stats, train, val)
-
-  def losses(data):
-    _, _, stats, train, val = data
-    return hg.bind_loss(loss, stats, train), hg.bind_loss(loss, stats, val)
-
-  # arrays are arguments, not closed-over constants, which XLA would spend minutes folding
-  @jax.jit
-  def exact(a, data):
-    train_loss, val_loss = losses(data)
-    return hg.second_order(train_loss, val_loss, data[0], a, inner, data[1])[0]
-
-  @jax.jit
-  def objective(a, data):  # L_val(w'(a), a) with the same virtual step, computed forward only
-    train_loss, val_loss = losses(data)
-    w_prime, _, _ = hg.inner_step(train_loss, data[0], a, inner, data[1])
-    return val_loss(w_prime, a)
-
-  g = exact(alphas, data)
-  rng = np.random.default_rng(0)
-  for _ in range(2):
-    d = jax.tree_util.tree_map(lambda a: jnp.asarray(rng.normal(size=a.shape)), alphas)
-    eps = 1e-6  # the loss is piecewise smooth (max pool, ReLU): at 1e-4 a kink is crossed
-    numeric = (objective(hg.tree_axpy(eps, d, alphas), data)
-               - objective(hg.tree_axpy(-eps, d, alphas), data)) / (2 * eps)
-    assert float(hg.tree_vdot(g, d)) == pytest.approx(float(numeric), rel=1e-6)
-
-
 # ---- exact (the chain rule in pieces) equals unrolled K = 1 (one program) -----------------
 
 
@@ -276,12 +234,13 @@ def _supernet_problem(config, seed, image=8):
 
 
 @pytest.mark.slow
-def test_exact_equals_unrolled_one_step_on_random_supernets(x64):
+def test_exact_equals_unrolled_and_central_differences_on_random_supernets(x64):
   """eq. 6 by the chain rule in pieces (``second_order``) against jax.grad through the whole
   step (``unrolled``, K = 1), float64, to 1e-12, on supernets with per-cell remat (as the
   paper-size search runs) and random weights, momentum buffers and batches. Ops: one of each
   kind (pooling, identity, separable and dilated convolution), to keep the compile short; the
-  reference file covers all eight."""
+  reference file covers all eight. Then both against float64 central differences of the
+  objective itself."""
   from darts_jax.supernet import SupernetConfig, make_loss
   inner = optax.chain(optax.add_decayed_weights(3e-4), optax.sgd(0.1, momentum=0.9))
   config = SupernetConfig(C=2, layers=2, remat_cells=True, primitives=(
@@ -295,8 +254,26 @@ def test_exact_equals_unrolled_one_step_on_random_supernets(x64):
             inner, state)
     return hg.second_order(*args)[0], hg.unrolled(*args, inner_steps=1)[0]
 
+  # arrays are arguments, not closed-over constants, which XLA would spend minutes folding
+  @jax.jit
+  def objective(alphas, weights, stats, train, val, buf):
+    """L_val(w'(alpha), alpha) with the same virtual step, forward only."""
+    state = optax.tree_utils.tree_set(inner.init(weights), trace=buf)
+    w_prime, _, _ = hg.inner_step(hg.bind_loss(loss, stats, train), weights, alphas, inner, state)
+    return loss(w_prime, alphas, stats, val)[0]
+
+  rng = np.random.default_rng(0)
   for seed in (0, 5):
     variables, alphas, train, val, buf = _supernet_problem(config, seed)
+    data = (variables.weights, variables.batch_stats, train, val, buf)
     exact, unrolled = both(variables.weights, alphas, variables.batch_stats, train, val, buf)
     assert float(hg.relative_error(exact, unrolled)) <= 1e-12, seed
     assert float(hg.tree_norm(exact)) > 0
+    # and both are the derivative of the objective: float64 central differences along a random
+    # direction (eps 1e-6: the loss is piecewise smooth, and at 1e-4 a ReLU or max-pool kink
+    # is crossed)
+    d = jax.tree_util.tree_map(lambda a: jnp.asarray(rng.normal(size=a.shape)), alphas)
+    eps = 1e-6
+    numeric = (objective(hg.tree_axpy(eps, d, alphas), *data)
+               - objective(hg.tree_axpy(-eps, d, alphas), *data)) / (2 * eps)
+    assert float(hg.tree_vdot(exact, d)) == pytest.approx(float(numeric), rel=1e-6), seed
