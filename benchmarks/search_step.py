@@ -1,7 +1,8 @@
 """Time one full DARTS search step (alpha step by each estimator, then the weight step).
 
   python -m benchmarks.search_step [--preset tiny|small|paper] [--estimators first_order,exact]
-                                   [--steps 10] [--out results.json] [--timeout SECONDS]
+                                   [--method darts|pc_darts] [--steps 10] [--out results.json]
+                                   [--timeout SECONDS]
 
 Rows: each estimator's full search step (alpha step, then weight step), and ``weight_step``,
 the plain weight step alone (forward, backward, clip, SGD). Each row runs in its own process,
@@ -30,20 +31,23 @@ ROWS = ('first_order', 'exact', 'finite_difference', 'unrolled', 'implicit', 'we
 
 def measure(preset: str, row: str, steps: int, depthwise_impl: str = 'auto',
             compute_dtype: str = 'float32', remat_cells: bool = False,
-            loop_gradients: bool = True) -> dict:
+            loop_gradients: bool = True, method: str = 'darts') -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
 
-  from darts_jax import gradient_loop
+  from darts_jax import gradient_loop, methods
   from darts_jax import hypergradient as hg
   from darts_jax import search as S
   from darts_jax.parallel import make_mesh
   from darts_jax.supernet import SupernetConfig, init_alphas, init_supernet, make_loss
 
   p = PRESETS[preset]
+  # the supernet options the method's search builds (PC-DARTS: K = 4 and the edge betas)
+  options = methods.get(method).configure({})
   net = SupernetConfig(C=p['C'], layers=p['layers'], depthwise_impl=depthwise_impl,
-                       remat_cells=remat_cells)
+                       remat_cells=remat_cells, partial_channels=options['partial_channels'],
+                       edge_normalization=options['edge_normalization'])
   hp = S.SearchHParams(estimator='first_order' if row == 'weight_step' else row,
                        unrolled_steps=2, loop_gradients=loop_gradients)
   variables = init_supernet(jax.random.PRNGKey(0), net)
@@ -80,7 +84,7 @@ def measure(preset: str, row: str, steps: int, depthwise_impl: str = 'auto',
     return result
   state = out if row == 'weight_step' else out[0]
   finite = bool(np.isfinite(float(hg.tree_norm(state.weights))))
-  return {'preset': preset, **p, 'row': row, 'depthwise_impl': depthwise_impl,
+  return {'preset': preset, **p, 'row': row, 'method': method, 'depthwise_impl': depthwise_impl,
           'compute_dtype': compute_dtype, 'remat_cells': remat_cells,
           'loop_gradients': loop_gradients, **result,
           'finite': finite}
@@ -113,8 +117,15 @@ def main(argv=None) -> int:
   parser.add_argument('--written_out', action='store_true',
                       help='each loss derivative its own copy in the program '
                            '(loop_gradients=False), as before darts_jax.gradient_loop')
+  parser.add_argument('--method', default='darts',
+                      help='the member of the DARTS family (darts_jax.methods): darts, pc_darts')
   common.add_run_flags(parser, 'seconds allowed per row, compile included')
   args = parser.parse_args(argv)
+  from darts_jax import methods
+  if args.method not in methods.METHODS:
+    print(f'error: --method={args.method!r} is unknown; allowed: {", ".join(methods.METHODS)}',
+          file=sys.stderr)
+    return 2
   names = [n for n in args.estimators.split(',') if n]
   bad = [n for n in names if n not in ROWS]
   if bad or not names:
@@ -129,14 +140,16 @@ def main(argv=None) -> int:
     import json
     common.use_compile_cache(args.compile_cache)
     print(json.dumps(measure(args.preset, names[0], args.steps, args.depthwise_impl,
-                             args.compute_dtype, args.remat_cells, not args.written_out)))
+                             args.compute_dtype, args.remat_cells, not args.written_out,
+                             args.method)))
     return 0
   rows, failures = [], {}
   print(common.header(f'{args.preset}: row'), flush=True)
   for name in names:
     row, why = common.run_row('benchmarks.search_step',
                               ['--preset', args.preset, '--estimators', name, '--depthwise_impl',
-                               args.depthwise_impl, '--compute_dtype', args.compute_dtype]
+                               args.depthwise_impl, '--compute_dtype', args.compute_dtype,
+                               '--method', args.method]
                               + ['--remat_cells'] * args.remat_cells
                               + ['--written_out'] * args.written_out, args)
     if row is None:
@@ -149,6 +162,7 @@ def main(argv=None) -> int:
   for key, value in found.items():
     print(f'{key}: {value}')
   common.write_json(args.out, {'preset': args.preset, **PRESETS[args.preset],
+                               'method': args.method,
                                'remat_cells': args.remat_cells,
                                'loop_gradients': not args.written_out, 'rows': rows,
                                'ratios': found, 'failures': failures})

@@ -312,10 +312,27 @@ def _parse_cell(mixing: np.ndarray, primitives: Sequence[str], nodes: int):
   return gene
 
 
+def node_softmax_np(betas: Any, nodes: int) -> np.ndarray:
+  """PC-DARTS's edge weights in numpy, in the betas' own floating precision as the original
+  computes them: a softmax over each node's own 2 + i edges."""
+  b = np.asarray(betas)
+  b = b.astype(b.dtype if np.issubdtype(b.dtype, np.floating) else np.float64)
+  out, start = [], 0
+  for i in range(nodes):
+    seg = b[start:start + i + 2]
+    e = np.exp(seg - seg.max())
+    out.append(e / e.sum())
+    start += i + 2
+  return np.concatenate(out)
+
+
 def derive_genotype(alphas: Mapping[str, Any], primitives: Sequence[str] = PRIMITIVES,
                     nodes: int = 4, multiplier: int = 4) -> Genotype:
   """The discrete genotype of ``alphas = {'normal': (E, K), 'reduce': (E, K)}`` (not softmaxed):
-  the original's rule on :func:`mixing_weights` of them."""
+  the original's rule on :func:`mixing_weights` of them. With PC-DARTS's betas in the mapping
+  (``'betas_normal', 'betas_reduce'``, (E,)), the rule ranks ``softmax(alpha)[e, k] *
+  node_softmax(beta)[e]`` instead, as PC-DARTS's ``genotype()`` does: the betas choose the edges
+  (a positive factor per edge never changes which op wins on it)."""
   shape = (num_edges(nodes), len(primitives))
   if not isinstance(alphas, Mapping):
     raise ValueError(f"alphas must be a dict with keys 'normal' and 'reduce', got "
@@ -328,7 +345,14 @@ def derive_genotype(alphas: Mapping[str, Any], primitives: Sequence[str] = PRIMI
     if np.shape(alphas[kind]) != shape:
       raise ValueError(f'alphas[{kind!r}] has shape {np.shape(alphas[kind])}; expected {shape} '
                        f'({nodes} nodes, {len(primitives)} ops)')
+    betas = alphas.get(f'betas_{kind}')
+    if betas is not None and np.shape(betas) != shape[:1]:
+      raise ValueError(f'alphas[\'betas_{kind}\'] has shape {np.shape(betas)}; expected '
+                       f'{shape[:1]} (one per edge)')
   mixing = mixing_weights({kind: alphas[kind] for kind in ('normal', 'reduce')})
+  for kind in ('normal', 'reduce'):
+    if f'betas_{kind}' in alphas:
+      mixing[kind] = mixing[kind] * node_softmax_np(alphas[f'betas_{kind}'], nodes)[:, None]
   cells = {kind: _parse_cell(m, primitives, nodes) for kind, m in mixing.items()}
   concat = list(range(2 + nodes - multiplier, nodes + 2))
   return Genotype(normal=cells['normal'], normal_concat=concat, reduce=cells['reduce'],

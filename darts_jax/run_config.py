@@ -58,6 +58,8 @@ PROCESS_KEYS = ('distributed', 'coordinator_address', 'num_processes', 'process_
 # what a run started before the scale-out keys existed did: it resumes under these values
 BEFORE_SCALE_OUT = {'batch_norm': 'global', 'shard_weights': False, 'compute_dtype': '',
                     'lr_scaling': 'none'}
+# what a search started before the DARTS family's keys existed did (plain DARTS, no warm-up)
+BEFORE_METHODS = {'method': 'darts', 'partial_channels': 4, 'warmup_epochs': 0}
 # every config key the scale-out added (experiments/configs/scale_out.py, num_devices aside)
 SCALE_OUT_KEYS = tuple(BEFORE_SCALE_OUT) + ('lr_base_batch',) + PROCESS_KEYS
 # config keys an earlier version called otherwise (old -> new): its runs still resume
@@ -125,7 +127,8 @@ def check_workdir(workdir: str, cfg: Mapping, may_differ: tuple[str, ...], main:
   if cfg['lr_scaling'] == 'none':
     may_differ += ('lr_base_batch',)  # unused then
   check = lambda write: ckpt_lib.check_run_config(  # noqa: E731
-      workdir, cfg, may_differ, write, absent_means=BEFORE_SCALE_OUT, renamed=RENAMED_KEYS)
+      workdir, cfg, may_differ, write, absent_means={**BEFORE_SCALE_OUT, **BEFORE_METHODS},
+      renamed=RENAMED_KEYS)
   resumed = check(True) if main else False
   parallel.barrier('config')
   return resumed if main else check(False)

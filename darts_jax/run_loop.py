@@ -63,6 +63,11 @@ class EpochLoop(NamedTuple):
   # (state, record, records so far) -> the state the next epoch starts from, after after_epoch and
   # before the epoch's checkpoint (a decision taken on the epoch's record, e.g. NT-ASGD's switch)
   advance: Callable[[Any, Record, list[Record]], Any] = lambda state, record, records: state
+  # the step of the first `warmup_epochs` epochs instead of `step` (jitted, the same
+  # signature; PC-DARTS's weight-only warm-up), and its name while it compiles
+  warmup_epochs: int = 0
+  warmup_step: Callable | None = None
+  warmup_what: str = 'the warm-up step'
 
 
 def progress(total: int, initial: int, desc: str, enabled: bool):
@@ -233,17 +238,21 @@ def run_epochs(loop: EpochLoop, state, *, cfg: Mapping, workdir: str, epochs: in
     records = [r for r in writer.records() if r.get('kind') == 'epoch']
     for line in loop.intro(step):
       log(line)
-    step_fn = loop.step
-    if step < total:
-      epoch = bounds.epoch_of(step)
-      step_fn = compile_ahead(
-          step_fn, (state, *loop.batches(epoch)(step - int(bounds.starts[epoch]))), loop.what,
-          log)
+    compiled = {}  # warm-up or not -> the compiled step, each compiled where first needed
+
+    def step_for(epoch, args):
+      warm = epoch < loop.warmup_epochs and loop.warmup_step is not None
+      if warm not in compiled:
+        compiled[warm] = compile_ahead(loop.warmup_step if warm else loop.step, args,
+                                       loop.warmup_what if warm else loop.what, log)
+      return compiled[warm]
+
     try:
       while step < total:
         epoch = bounds.epoch_of(step)
         start, end = int(bounds.starts[epoch]), int(bounds.starts[epoch + 1])
         batches = loop.batches(epoch)
+        step_fn = step_for(epoch, (state, *batches(step - start)))
         bar = progress(end - start, step - start, f'epoch {epoch + 1}/{epochs}', cfg['progress'])
         t0 = time.perf_counter()
         while step < end:

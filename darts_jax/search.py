@@ -62,8 +62,14 @@ class SearchHParams:
   # run the step's loss derivatives as one loop (gradient_loop), so XLA compiles each distinct
   # derivative program once; first_order, exact and finite_difference (the others run inline)
   loop_gradients: bool = True
+  # epochs of weight steps alone before the bilevel steps start (PC-DARTS: 15 of 50)
+  warmup_epochs: int = 0
 
   def __post_init__(self):
+    if (not isinstance(self.warmup_epochs, (int, np.integer)) or isinstance(self.warmup_epochs, bool)
+        or not 0 <= self.warmup_epochs <= self.epochs):
+      raise ValueError(f'warmup_epochs={self.warmup_epochs!r}: must be an integer in '
+                       f'[0, epochs={self.epochs}]')
     for name in ('epochs', 'steps_per_epoch'):
       value = getattr(self, name)
       if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
@@ -219,8 +225,12 @@ def _inline_halves(hp, loss, state: SearchState, train, val) -> _Halves:
                  loss_aux, g_w)
 
 
-def _looped_halves(hp, loss, state: SearchState, train, val) -> _Halves:
-  # the same numbers as _inline_halves, with every loss derivative a call of one loop
+def step_plan(hp: SearchHParams, state: SearchState, train: Batch, val: Batch
+              ) -> gradient_loop.Plan:
+  """:func:`search_step` (estimators first_order, exact, finite_difference) as the calls of a
+  gradient loop; its ``finish`` makes ``(new state, HypergradientAux)`` from their results.
+  Other plans can share the loop (``gradient_loop.concatenate``): each derivative program is
+  then compiled once for all of them."""
   estimator = gradient_loop.plan(hp.estimator, weight_inner_optimizer(hp), state.weights,
                                  state.alphas, state.w_opt_state[1],
                                  current_weight_lr(hp, state.step), train, val, hp.fd_r)
@@ -233,11 +243,31 @@ def _looped_halves(hp, loss, state: SearchState, train, val) -> _Halves:
   def at_new_alphas(r):  # the weight step's point: grad_w L_train(w, alpha_new)
     return gradient_loop.Probe(state.weights, alpha_step(r)[2], train)
 
+  def finish(r):
+    last = r(len(estimator.calls))
+    return _new_state(hp, state, train, _Halves(
+        *alpha_step(r), *_weight_update(hp, state.weights, state.w_opt_state, last.g_w),
+        last.loss, last.aux, last.g_w))
+
   weight_call = gradient_loop.Call(gradient_loop.GRADIENT, at_new_alphas)
-  r = gradient_loop.run(loss, state.batch_stats, estimator.calls + (weight_call,))
-  last = r(len(estimator.calls))
-  return _Halves(*alpha_step(r), *_weight_update(hp, state.weights, state.w_opt_state, last.g_w),
-                 last.loss, last.aux, last.g_w)
+  return gradient_loop.Plan(estimator.calls + (weight_call,), finish)
+
+
+def _new_state(hp: SearchHParams, state: SearchState, train: Batch, h: _Halves
+               ) -> tuple[SearchState, hg.HypergradientAux]:
+  """The state after a step whose two halves are ``h``, with the epoch's running metrics."""
+  labels = train[1]
+  correct = jnp.sum(jnp.argmax(h.loss_aux.logits, -1) == labels).astype(jnp.int32)
+  hypergrad_norm = hg.tree_norm(h.g_alpha)
+  previous = epoch_sums(state.metrics, state.step, hp.steps_per_epoch)
+  metrics = SearchMetrics(
+      previous.steps + 1, previous.train_loss + h.train_loss.astype(previous.train_loss.dtype),
+      previous.train_correct + correct, previous.train_examples + labels.shape[0],
+      previous.val_loss + h.aux.val_loss.astype(previous.val_loss.dtype),
+      previous.hypergrad_norm + hypergrad_norm.astype(previous.hypergrad_norm.dtype))
+  new = SearchState(state.step + 1, h.weights, h.alphas, h.loss_aux.batch_stats, h.w_opt_state,
+                    h.alpha_opt_state, state.rng, metrics, state.nonfinite_step)
+  return keep_if_finite(new, state, h.train_loss, h.aux.val_loss, h.g_alpha, h.g_w), h.aux
 
 
 def search_step(hp: SearchHParams, loss: Callable, state: SearchState, train: Batch, val: Batch,
@@ -253,22 +283,36 @@ def search_step(hp: SearchHParams, loss: Callable, state: SearchState, train: Ba
     train = (preprocess(k_train, train[0]), train[1])
     val = (preprocess(k_val, val[0]), val[1])
 
-  looped = hp.loop_gradients and hp.estimator in gradient_loop.ESTIMATORS
-  h = (_looped_halves if looped else _inline_halves)(hp, loss, state, train, val)
+  if hp.loop_gradients and hp.estimator in gradient_loop.ESTIMATORS:
+    # every loss derivative a call of one loop: the same numbers as _inline_halves
+    plan = step_plan(hp, state, train, val)
+    return plan.finish(gradient_loop.run(loss, state.batch_stats, plan.calls))
+  return _new_state(hp, state, train, _inline_halves(hp, loss, state, train, val))
 
+
+def warmup_step(hp: SearchHParams, loss: Callable, state: SearchState, train: Batch, val: Batch,
+                preprocess: Callable | None = None) -> tuple[SearchState, None]:
+  """A step of the warm-up epochs (``hp.warmup_epochs``; PC-DARTS's first 15): the weight half
+  alone, at the current alphas, which stay as they are. The epoch's validation loss and
+  hypergradient norm sums stay 0: no alpha step ran. The same data and random streams as
+  :func:`search_step`, so a resumed warm-up continues bitwise."""
+  del val  # drawn by the loop as for a search step; no alpha step reads it
+  if preprocess is not None:
+    k_train, _ = jax.random.split(jax.random.fold_in(state.rng, state.step))
+    train = (preprocess(k_train, train[0]), train[1])
+  weights, w_opt_state, train_loss, loss_aux, g_w = weight_step(
+      hp, loss, state.weights, state.alphas, state.batch_stats, state.w_opt_state, train)
   labels = train[1]
-  correct = jnp.sum(jnp.argmax(h.loss_aux.logits, -1) == labels).astype(jnp.int32)
-  hypergrad_norm = hg.tree_norm(h.g_alpha)
+  correct = jnp.sum(jnp.argmax(loss_aux.logits, -1) == labels).astype(jnp.int32)
   previous = epoch_sums(state.metrics, state.step, hp.steps_per_epoch)
-  metrics = SearchMetrics(
-      previous.steps + 1, previous.train_loss + h.train_loss.astype(previous.train_loss.dtype),
-      previous.train_correct + correct, previous.train_examples + labels.shape[0],
-      previous.val_loss + h.aux.val_loss.astype(previous.val_loss.dtype),
-      previous.hypergrad_norm + hypergrad_norm.astype(previous.hypergrad_norm.dtype))
-  new = SearchState(state.step + 1, h.weights, h.alphas, h.loss_aux.batch_stats, h.w_opt_state,
-                    h.alpha_opt_state, state.rng, metrics, state.nonfinite_step)
-
-  return keep_if_finite(new, state, h.train_loss, h.aux.val_loss, h.g_alpha, h.g_w), h.aux
+  metrics = previous._replace(
+      steps=previous.steps + 1,
+      train_loss=previous.train_loss + train_loss.astype(previous.train_loss.dtype),
+      train_correct=previous.train_correct + correct,
+      train_examples=previous.train_examples + labels.shape[0])
+  new = state._replace(step=state.step + 1, weights=weights, batch_stats=loss_aux.batch_stats,
+                       w_opt_state=w_opt_state, metrics=metrics)
+  return keep_if_finite(new, state, train_loss, g_w), None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -276,19 +320,29 @@ def search_step(hp: SearchHParams, loss: Callable, state: SearchState, train: Ba
 # ----------------------------------------------------------------------------------------------
 
 
-def jit_search_step(hp: SearchHParams, loss: Callable, mesh: Mesh,
-                    preprocess: Callable | None = None, state_sharding: Any = None):
-  """``search_step`` jitted for ``mesh``: batches sharded over ``'data'``, the state donated
-  (its buffers are reused for the next state) and replicated, or placed as ``state_sharding``
-  says (``parallel.state_sharding``). XLA all-reduces the gradients."""
+def _jit_on_mesh(step: Callable, mesh: Mesh, state_sharding: Any = None):
+  """``step(state, train, val) -> (state, aux)`` jitted for ``mesh``: batches sharded over
+  ``'data'``, the state donated (its buffers are reused for the next state) and replicated, or
+  placed as ``state_sharding`` says (``parallel.state_sharding``). XLA all-reduces the
+  gradients."""
   replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   placed = replicated if state_sharding is None else state_sharding
-
-  def step(state, train, val):
-    return search_step(hp, loss, state, train, val, preprocess)
-
   return jax.jit(step, in_shardings=(placed, batch, batch), out_shardings=(placed, replicated),
                  donate_argnums=0)
+
+
+def jit_search_step(hp: SearchHParams, loss: Callable, mesh: Mesh,
+                    preprocess: Callable | None = None, state_sharding: Any = None):
+  """``search_step`` jitted for ``mesh`` (see ``_jit_on_mesh``)."""
+  return _jit_on_mesh(lambda state, train, val: search_step(hp, loss, state, train, val,
+                                                            preprocess), mesh, state_sharding)
+
+
+def jit_warmup_step(hp: SearchHParams, loss: Callable, mesh: Mesh,
+                    preprocess: Callable | None = None, state_sharding: Any = None):
+  """:func:`warmup_step` jitted as :func:`jit_search_step` is."""
+  return _jit_on_mesh(lambda state, train, val: warmup_step(hp, loss, state, train, val,
+                                                            preprocess), mesh, state_sharding)
 
 
 def jit_eval_step(eval_loss: Callable, mesh: Mesh, weights_sharding: Any = None):

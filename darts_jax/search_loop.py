@@ -123,6 +123,7 @@ def _setup(cfg: Mapping, workdir: str, space_from_run: SpaceFromRun, method: str
   write."""
   cfg = dict(cfg)
   _check_config(cfg)
+  methods.get(method)  # an unknown name fails before any data is read
   run_config.check_workdir_usable(workdir)
   dtype = run_config.run_dtype(cfg)
   data_dir = cfg['data_dir'] or data_lib.default_data_dir()
@@ -137,7 +138,7 @@ def _setup(cfg: Mapping, workdir: str, space_from_run: SpaceFromRun, method: str
                        f'{name} half of {cfg["dataset"]!r}')
   hp = hparams_from_config(cfg, data_lib.steps_per_epoch(len(train_set.labels), batch))
   ex = run_config.execution(cfg)
-  space = methods.apply(method, space_from_run(cfg, full.num_classes, full.images.shape[-1]))
+  space = methods.build(method, cfg, space_from_run, full.num_classes, full.images.shape[-1])
   return _Setup(cfg, dtype, full, train_set, val_set, hp, ex, space)
 
 
@@ -206,6 +207,9 @@ def _epoch_loop(s: _Setup, workdir: str, state, shardings, log: Callable[[str], 
   return run_loop.EpochLoop(
       what=f'the search step ({hp.estimator})',
       step=search_lib.jit_search_step(hp, loss, ex.mesh, preprocess, shardings),
+      warmup_epochs=hp.warmup_epochs,
+      warmup_step=search_lib.jit_warmup_step(hp, loss, ex.mesh, preprocess, shardings),
+      warmup_what=f'the warm-up step (weights only for {hp.warmup_epochs} epochs)',
       batches=batches,
       running=lambda m: (m.train_loss / m.steps, m.train_correct / m.train_examples),
       end_epoch=end_epoch, report=lambda r: _epoch_report(r, space.choices), scalars=SCALARS,
@@ -236,12 +240,13 @@ class _Pictures:
 
 def run_search(cfg: Mapping, workdir: str, *, log: Callable[[str], None] = print,
                space_from_run: SpaceFromRun = cnn.space_from_run,
-               method: str = 'darts') -> SearchResult:
+               method: str | None = None) -> SearchResult:
   """Runs (or resumes) the search described by ``cfg`` (see ``experiments/configs/search.py``)
-  in ``workdir``: the space ``space_from_run`` builds for the data, transformed by ``method``.
+  in ``workdir``: the space ``space_from_run`` builds for the data, as ``method`` (default: the
+  config's ``method``, else DARTS) searches it (``darts_jax.methods``).
   An interruption or error checkpoints the steps done so far before it propagates; calling
   again resumes."""
-  s = _setup(cfg, workdir, space_from_run, method)
+  s = _setup(cfg, workdir, space_from_run, method or cfg.get('method', 'darts'))
   log = s.ex.speaker(log)
   state, shardings = _initial_state(s)
   resumed = run_config.check_workdir(workdir, s.cfg, MAY_DIFFER, s.ex.main)

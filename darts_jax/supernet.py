@@ -50,6 +50,12 @@ class SupernetConfig:
   # gradient then holds the cells' inputs and one cell's activations instead of every cell's,
   # for one more forward
   remat_cells: bool = False
+  # PC-DARTS (Xu et al., 2020): 1/K of each edge's channels go through the mixed op, the rest
+  # bypass it, then a channel shuffle (eq. 2 of PC-DARTS); 1 is DARTS
+  partial_channels: int = 1
+  # PC-DARTS's edge normalisation (its eq. 4): node i sums its edges weighted by a softmax of
+  # per-edge betas over its own 2 + i edges; the betas join the architecture pytree
+  edge_normalization: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, 'primitives', tuple(self.primitives))
@@ -73,8 +79,22 @@ class SupernetConfig:
     if self.depthwise_impl not in kernels.DEPTHWISE_IMPLS:
       raise ValueError(f'depthwise_impl={self.depthwise_impl!r} is not one of '
                        f'{kernels.DEPTHWISE_IMPLS}')
-    if not isinstance(self.remat_cells, (bool, np.bool_)):
-      raise ValueError(f'SupernetConfig.remat_cells={self.remat_cells!r}: must be True or False')
+    for name in ('remat_cells', 'edge_normalization'):
+      if not isinstance(getattr(self, name), (bool, np.bool_)):
+        raise ValueError(f'SupernetConfig.{name}={getattr(self, name)!r}: must be True or False')
+    k = self.partial_channels
+    if not isinstance(k, (int, np.integer)) or k < 1:
+      raise ValueError(f'SupernetConfig.partial_channels={k!r}: must be a positive integer')
+    for spec in cell_specs(self):
+      if spec['c'] % k:
+        raise ValueError(f'SupernetConfig.partial_channels={k}: a cell of {spec["c"]} channels '
+                         f'cannot be split into {k} parts (C={self.C} must be a multiple of {k})')
+      if spec['reduction'] and k > 1 and (spec['c'] // k) % 2 and 'skip_connect' in self.primitives:
+        # the strided skip_connect is a FactorizedReduce of two convolutions of c/(2K) outputs
+        raise ValueError(f'SupernetConfig.partial_channels={k}: a reduction cell of {spec["c"]} '
+                         f'channels gives its ops an odd {spec["c"] // k}, which skip_connect\'s '
+                         f'FactorizedReduce cannot halve: a reduction cell needs a multiple of '
+                         f'{2 * k} channels')
 
   @property
   def alpha_shape(self) -> tuple[int, int]:
@@ -83,6 +103,15 @@ class SupernetConfig:
   @property
   def reduction_layers(self) -> tuple[int, ...]:
     return reduction_layers(self.layers)
+
+  @property
+  def architecture_shapes(self) -> dict[str, tuple[int, ...]]:
+    """The architecture pytree's entries: the alphas of each cell kind and, with edge
+    normalisation, PC-DARTS's betas (one per edge)."""
+    shapes = {'normal': self.alpha_shape, 'reduce': self.alpha_shape}
+    if self.edge_normalization:
+      shapes.update(betas_normal=(self.alpha_shape[0],), betas_reduce=(self.alpha_shape[0],))
+    return shapes
 
 
 class EdgeGroup(NamedTuple):
@@ -139,6 +168,20 @@ class MixedEdges(nn.Module):
     return out.astype(x.dtype)
 
 
+def channel_shuffle(y: jax.Array, groups: int) -> jax.Array:
+  """PC-DARTS's shuffle of the last axis: ``out[..., m * groups + g] = y[..., g * q + m]`` for
+  ``q = C / groups``, so that the next edge's first 1/K of the channels mixes op outputs with
+  bypassed ones."""
+  *lead, c = y.shape
+  return y.reshape(*lead, groups, c // groups).swapaxes(-1, -2).reshape(*lead, c)
+
+
+def _max_pool_2x2(x: jax.Array) -> jax.Array:
+  """Max over 2x2 blocks (stride 2, no padding) of (B, H, W, ...) with H and W even."""
+  b, h, w, *rest = x.shape
+  return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, *rest), axis=(2, 4))
+
+
 class SearchCell(nn.Module):
   c_prev_prev: int
   c_prev: int
@@ -148,9 +191,10 @@ class SearchCell(nn.Module):
   config: SupernetConfig
 
   @nn.compact
-  def __call__(self, s0, s1, mixing, train: bool):
+  def __call__(self, s0, s1, mixing, edge_weights, train: bool):
     """s0, s1: the outputs of the two previous cells; mixing: (E, K), softmax(alpha) of this
-    cell type. Returns the last ``multiplier`` nodes concatenated on channels."""
+    cell type; edge_weights: (E,) PC-DARTS's normalised betas, or None (DARTS: every edge
+    weighs 1). Returns the last ``multiplier`` nodes concatenated on channels."""
     cfg, c = self.config, self.c
     if self.reduction_prev:
       s0 = modules.FactorizedReduce(self.c_prev_prev, c, False, name='preprocess0')(s0, train)
@@ -159,12 +203,22 @@ class SearchCell(nn.Module):
     s1 = modules.ReLUConvBN(self.c_prev, c, False, name='preprocess1')(s1, train)
     states = [s0, s1]
     sums = [None] * cfg.nodes  # running sums of each node's incoming edges
+    k = cfg.partial_channels
+    q = c // k  # channels through the mixed op (PC-DARTS: 1/K of them; DARTS: all)
     for group in edge_groups(cfg.nodes):
-      x = jnp.concatenate([states[src] for _, _, src in group.edges], axis=-1)
+      sources = [states[src] for _, _, src in group.edges]
+      x = jnp.concatenate([s[..., :q] for s in sources], axis=-1)
       stride = 2 if self.reduction and group.name == 'edges_01' else 1
       idx = np.array([e for e, _, _ in group.edges])
-      y = MixedEdges(c, len(group.edges), stride, cfg.primitives, cfg.ops, cfg.depthwise_impl,
+      y = MixedEdges(q, len(group.edges), stride, cfg.primitives, cfg.ops, cfg.depthwise_impl,
                      name=group.name)(x, mixing[idx], train)
+      if k > 1:  # PC-DARTS eq. 2: the other channels bypass the op (max-pooled when it strides)
+        bypass = jnp.stack([s[..., q:] for s in sources], axis=-2)
+        bypass = _max_pool_2x2(bypass) if stride == 2 else bypass
+        y = channel_shuffle(jnp.concatenate([y, bypass], axis=-1), k)
+      if edge_weights is not None:  # PC-DARTS eq. 4, in the betas' precision as eq. 2's mixing
+        y = (y.astype(edge_weights.dtype)
+             * edge_weights[idx][None, None, None, :, None]).astype(y.dtype)
       for slot, (_, node, _) in enumerate(group.edges):
         sums[node] = y[..., slot, :] if sums[node] is None else sums[node] + y[..., slot, :]
       states.append(sums[len(states) - 2])  # that node has now received all its edges
@@ -172,14 +226,18 @@ class SearchCell(nn.Module):
 
 
 def check_alphas(alphas: Any, config: SupernetConfig) -> None:
-  """Raises a one-line ValueError unless alphas is ``{'normal': (E, K), 'reduce': (E, K)}``."""
-  if not isinstance(alphas, Mapping) or set(alphas) != {'normal', 'reduce'}:
+  """Raises a one-line ValueError unless alphas is ``{'normal': (E, K), 'reduce': (E, K)}``, plus
+  ``'betas_normal', 'betas_reduce'`` of shape (E,) with edge normalisation."""
+  shapes = config.architecture_shapes
+  if not isinstance(alphas, Mapping) or set(alphas) != set(shapes):
     keys = sorted(alphas) if isinstance(alphas, Mapping) else type(alphas).__name__
-    raise ValueError(f"alphas must be a dict with keys 'normal' and 'reduce', got {keys}")
-  for kind in ('normal', 'reduce'):
+    names = [repr(k) for k in shapes]
+    expected = ', '.join(names[:-1]) + ' and ' + names[-1]
+    raise ValueError(f'alphas must be a dict with keys {expected}, got {keys}')
+  for kind, expected in shapes.items():
     shape = tuple(np.shape(alphas[kind]))
-    if shape != config.alpha_shape:
-      raise ValueError(f'alphas[{kind!r}] has shape {shape}; expected {config.alpha_shape} '
+    if shape != expected:
+      raise ValueError(f'alphas[{kind!r}] has shape {shape}; expected {expected} '
                        f'({config.nodes} nodes, ops {", ".join(config.primitives)})')
 
 
@@ -220,11 +278,25 @@ def cell_specs(config: SupernetConfig) -> tuple[dict, ...]:
   return tuple(specs)
 
 
-def _mixing(alphas, dtype):
-  # the mixing weights softmax(alpha) of eq. 2, once per cell type per forward: all cells of a
-  # type share them. They and the mixed sums stay in the alphas' precision (float32 under bf16)
-  return {k: jax.nn.softmax(jnp.asarray(alphas[k], jnp.promote_types(
-      jnp.result_type(alphas[k]), dtype)), axis=-1) for k in alphas}
+def node_softmax(betas: jax.Array, nodes: int) -> jax.Array:
+  """PC-DARTS's edge weights (its eq. 4): a softmax of the betas over each node's own 2 + i
+  incoming edges, in the edges' order (E,)."""
+  starts = np.cumsum([0] + [i + 2 for i in range(nodes)])
+  return jnp.concatenate([jax.nn.softmax(betas[starts[i]:starts[i + 1]])
+                          for i in range(nodes)])
+
+
+def _mixing(alphas, dtype, nodes: int):
+  """Per cell kind, (softmax(alpha) of eq. 2, PC-DARTS's edge weights or None), once per
+  forward: all cells of a kind share them. They and the mixed sums stay in the architecture's
+  precision (float32 under bf16)."""
+  wide = lambda a: jnp.asarray(a, jnp.promote_types(jnp.result_type(a), dtype))  # noqa: E731
+  out = {}
+  for kind in ('normal', 'reduce'):
+    betas = alphas.get(f'betas_{kind}')
+    out[kind] = (jax.nn.softmax(wide(alphas[kind]), axis=-1),
+                 None if betas is None else node_softmax(wide(betas), nodes))
+  return out
 
 
 def _check_inputs(images, alphas, cfg):
@@ -243,11 +315,11 @@ class SearchNetwork(nn.Module):
     c_stem = cfg.stem_multiplier * cfg.C
     x = modules.Conv(cfg.in_channels, c_stem, 3, padding=1, name='stem_conv')(images)
     s0 = s1 = modules.BatchNorm(c_stem, affine=True, name='stem_bn')(x, train)
-    mixing = _mixing(alphas, images.dtype)
+    mixing = _mixing(alphas, images.dtype, cfg.nodes)
     specs = cell_specs(cfg)
     for i, spec in enumerate(specs):
       cell = SearchCell(**spec, config=cfg, name=f'cell{i}')
-      s0, s1 = s1, cell(s0, s1, mixing['reduce' if spec['reduction'] else 'normal'], train)
+      s0, s1 = s1, cell(s0, s1, *mixing['reduce' if spec['reduction'] else 'normal'], train)
     c_out = cfg.multiplier * specs[-1]['c']
     return modules.Linear(c_out, cfg.num_classes, name='classifier')(jnp.mean(s1, axis=(1, 2)))
 
@@ -281,14 +353,14 @@ def _apply_cellwise(cfg: SupernetConfig, weights, alphas, batch_stats, images, t
       weights.get('stem_bn', {}), batch_stats.get('stem_bn', {}), x)
   keep('stem_bn', stats)
   s0 = s1
-  mixing = _mixing(alphas, images.dtype)
+  mixing = _mixing(alphas, images.dtype, cfg.nodes)
   specs = cell_specs(cfg)
   for i, spec in enumerate(specs):
     name = f'cell{i}'
     cell = _pure(SearchCell(**spec, config=cfg), train)
     out, stats = kernels.recompute_in_backward(cell)(
         weights[name], batch_stats.get(name, {}), s0, s1,
-        mixing['reduce' if spec['reduction'] else 'normal'])
+        *mixing['reduce' if spec['reduction'] else 'normal'])
     keep(name, stats)
     s0, s1 = s1, out
   logits = modules.Linear(cfg.multiplier * specs[-1]['c'], cfg.num_classes).apply(
@@ -337,10 +409,17 @@ def supernet_shapes(config: SupernetConfig, image_size=(32, 32),
 
 def init_alphas(key: jax.Array, config: SupernetConfig, dtype=jnp.float32,
                 scale: float = 1e-3) -> dict[str, jax.Array]:
-  """``scale * N(0, 1)`` as in the original code (the paper says zeros: pass scale=0)."""
+  """``scale * N(0, 1)`` as in the original code (the paper says zeros: pass scale=0); PC-DARTS's
+  betas (edge normalisation) the same way."""
   k_normal, k_reduce = jax.random.split(key)
-  return {'normal': scale * jax.random.normal(k_normal, config.alpha_shape, dtype),
-          'reduce': scale * jax.random.normal(k_reduce, config.alpha_shape, dtype)}
+  alphas = {'normal': scale * jax.random.normal(k_normal, config.alpha_shape, dtype),
+            'reduce': scale * jax.random.normal(k_reduce, config.alpha_shape, dtype)}
+  if config.edge_normalization:  # from a key of their own: the alphas stay those of DARTS
+    k_normal, k_reduce = jax.random.split(jax.random.fold_in(key, 1))
+    e = config.alpha_shape[:1]
+    alphas.update(betas_normal=scale * jax.random.normal(k_normal, e, dtype),
+                  betas_reduce=scale * jax.random.normal(k_reduce, e, dtype))
+  return alphas
 
 
 def make_apply(config: SupernetConfig):

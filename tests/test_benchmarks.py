@@ -85,6 +85,8 @@ def test_train_step_benchmark_tiny(tmp_path):
     (['benchmarks.search_step', '--estimators', 'second_order'],
      "'second_order' is not a row; allowed: first_order, exact"),
     (['benchmarks.search_step', '--steps', '0'], '--steps=0: must be >= 1'),
+    (['benchmarks.search_step', '--method', 'gdas'],
+     "--method='gdas' is unknown; allowed: darts, pc_darts"),
     (['benchmarks.train_step', '--genotype', 'DARTS_V9'], '--genotype: '),
     (['benchmarks.original_step', '--darts_src', '/nonexistent'], 'holds no model_search.py'),
     (['benchmarks.original_step', '--darts_src', '.', '--orders', 'third'],

@@ -10,6 +10,6 @@ from darts_jax.supernet import SupernetConfig
 
 def test_darts_is_the_identity_and_unknown_methods_are_named():
   space = cnn.make_space(SupernetConfig(C=2, layers=2))
-  assert methods.apply('darts', space) is space
-  with pytest.raises(ValueError, match=r"^method='gdas' is unknown; allowed: darts$"):
-    methods.apply('gdas', space)
+  assert methods.get('darts').transform(space) is space
+  with pytest.raises(ValueError, match=r"^method='gdas' is unknown; allowed: darts, pc_darts$"):
+    methods.get('gdas')

@@ -126,3 +126,37 @@ def test_xla_slow_compile_banner_is_dropped_and_other_lines_kept(capfd):
   with without_slow_compile_alarm():
     os.write(2, b'before\n' + banner + b'\nafter\n')
   assert capfd.readouterr().err == 'before\nafter\n'
+
+
+@jax.jit
+def _warm_step(state: ToyState, x):
+  """A different step for the warm-up epochs: w moves the other way (told apart in the result)."""
+  loss = (state.w - x) ** 2
+  previous = optim.epoch_sums(state.metrics, state.step, SPE)
+  new = ToyState(state.step + 1, state.w + 0.05,
+                 Metrics(previous.steps + 1, previous.loss + loss), state.nonfinite_step)
+  return new, loss
+
+
+def test_warmup_epochs_run_their_own_step_and_resume_across_the_switch(tmp_path, monkeypatch):
+  data = np.random.default_rng(1).normal(size=EPOCHS * SPE)
+  loop = _loop(data)._replace(warmup_epochs=1, warmup_step=_warm_step,
+                              warmup_what='the toy warm-up')
+
+  def run(workdir, log=lambda s: None, resumed=False):
+    return run_loop.run_epochs(loop, _init(), cfg=CFG, workdir=str(workdir), epochs=EPOCHS,
+                               steps_per_epoch=SPE, resumed=resumed, main=True, log=log)
+
+  logs = []
+  state, _ = run(tmp_path / 'full', logs.append)
+  w = 1.0 + 0.05 * SPE  # epoch 1: the warm-up step; then gradient descent
+  for x in data[SPE:]:
+    w -= 0.1 * 2 * (w - x)
+  assert float(state.w) == pytest.approx(w, rel=1e-6)
+  compiling = [l for l in logs if l.startswith('compiling')]
+  assert [l.split(' ...')[0] for l in compiling] == ['compiling the toy warm-up',
+                                                      'compiling the toy step']
+  # interrupted in the warm-up (step 3), resumed: the same numbers bit for bit
+  interrupt_after(3, lambda: run(tmp_path / 'resumed'), monkeypatch)
+  resumed, _ = run(tmp_path / 'resumed', resumed=True)
+  assert np.asarray(resumed.w) == np.asarray(state.w)

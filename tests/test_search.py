@@ -99,6 +99,28 @@ def test_step_is_alpha_first_then_weights_in_closed_form(x64):
   assert int(new.metrics.train_examples) == 2
 
 
+def test_warmup_step_is_the_weight_step_alone(x64):
+  """PC-DARTS's warm-up: SGD on L_train at the current alphas, which and whose Adam state stay
+  as they are; the epoch's alpha-side sums stay 0."""
+  w, a, train_loss, val_loss = _quadratic_problem()
+  loss = _loss_contract(train_loss, val_loss)
+  hp = S.SearchHParams(epochs=2, steps_per_epoch=5, warmup_epochs=1, grad_clip=1e6)
+  state = S.init_search_state(hp, w, a, {}, jax.random.PRNGKey(0))
+  train = (jnp.ones((2, 1)), jnp.array([0, 1]))
+  val = (-jnp.ones((2, 1)), jnp.array([2, 0]))
+  new, _ = S.warmup_step(hp, loss, state, train, val)
+  g_w = jax.grad(train_loss)(w, a)['x'] + hp.w_weight_decay * w['x']
+  np.testing.assert_allclose(new.weights['x'], w['x'] - hp.w_lr * g_w, rtol=1e-12)
+  for x, y in zip(jax.tree_util.tree_leaves((new.alphas, new.alpha_opt_state)),
+                  jax.tree_util.tree_leaves((state.alphas, state.alpha_opt_state))):
+    np.testing.assert_array_equal(x, y)
+  assert int(new.step) == 1 and int(new.metrics.steps) == 1
+  assert float(new.metrics.train_loss) == pytest.approx(float(train_loss(w, a)), rel=1e-12)
+  assert float(new.metrics.val_loss) == 0 and float(new.metrics.hypergrad_norm) == 0
+  with pytest.raises(ValueError, match=r'warmup_epochs=3: must be an integer in \[0, epochs=2\]'):
+    S.SearchHParams(epochs=2, warmup_epochs=3)
+
+
 def test_nonfinite_step_keeps_the_last_good_state():
   w, a, train_loss, val_loss = _quadratic_problem()
   loss = _loss_contract(train_loss, val_loss)

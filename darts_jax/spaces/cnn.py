@@ -26,7 +26,7 @@ from darts_jax.genotypes import PRIMITIVES, Genotype, derive_genotype, parse_gen
 from darts_jax.networks import NetworkCIFAR
 from darts_jax.spaces import ReferenceFormat, SearchSpace, verify_sections
 from darts_jax.supernet import (SupernetConfig, check_image_size, init_alphas, init_supernet,
-                                make_loss, supernet_shapes)
+                                make_loss, node_softmax, supernet_shapes)
 
 NAME = 'darts_cnn'
 
@@ -60,16 +60,22 @@ def make_space(config: SupernetConfig) -> SearchSpace:
       genotype=lambda alphas: derive_genotype(alphas, config.primitives, config.nodes,
                                               config.multiplier),
       genotype_from_dict=Genotype.from_dict,
-      mixing=_mixing,
+      mixing=functools.partial(_mixing, nodes=config.nodes),
       draw=draw)
 
 
-def _mixing(alphas) -> dict[str, np.ndarray]:
+def _mixing(alphas, nodes: int = 4) -> dict[str, np.ndarray]:
   # as the supernet mixes (eq. 2: jax.nn.softmax, float32 in a float32 run), for the logs and
   # plots; the genotype rule takes the original's softmax in the alphas' own precision instead
-  # (genotypes.mixing_weights), whose near-ties may rank otherwise
-  return {k: np.asarray(jax.nn.softmax(jnp.asarray(v, jnp.float32), axis=-1))
-          for k, v in alphas.items()}
+  # (genotypes.mixing_weights), whose near-ties may rank otherwise. With PC-DARTS's betas, each
+  # edge's row is weighted by its normalised beta: the weights its genotype rule ranks
+  out = {}
+  for kind in ('normal', 'reduce'):
+    m = jax.nn.softmax(jnp.asarray(alphas[kind], jnp.float32), axis=-1)
+    if f'betas_{kind}' in alphas:
+      m = m * node_softmax(jnp.asarray(alphas[f'betas_{kind}'], jnp.float32), nodes)[:, None]
+    out[kind] = np.asarray(m)
+  return out
 
 
 def config_from_run(cfg: Mapping, num_classes: int, in_channels: int) -> SupernetConfig:
@@ -79,7 +85,9 @@ def config_from_run(cfg: Mapping, num_classes: int, in_channels: int) -> Superne
                         nodes=cfg['nodes'], multiplier=cfg['multiplier'],
                         stem_multiplier=cfg['stem_multiplier'], in_channels=in_channels,
                         primitives=tuple(cfg.get('primitives') or ()) or PRIMITIVES,
-                        remat_cells=bool(cfg.get('remat_cells', False)))
+                        remat_cells=bool(cfg.get('remat_cells', False)),
+                        partial_channels=cfg.get('partial_channels', 1),
+                        edge_normalization=bool(cfg.get('edge_normalization', False)))
 
 
 def space_from_run(cfg: Mapping, num_classes: int, in_channels: int) -> SearchSpace:
@@ -107,7 +115,9 @@ def search_config(meta: Mapping[str, Any]) -> SupernetConfig:
                         nodes=m.get('steps', 4), multiplier=m.get('multiplier', 4),
                         stem_multiplier=m.get('stem_multiplier', 3),
                         in_channels=m.get('image', [32, 32, 3])[-1],
-                        primitives=tuple(m.get('primitives', ())) or PRIMITIVES)
+                        primitives=tuple(m.get('primitives', ())) or PRIMITIVES,
+                        # PC-DARTS's files (PCDARTS_README.md): K, and the edge betas with it
+                        partial_channels=m.get('k', 1), edge_normalization='k' in m)
 
 
 def _inner(wd: float, momentum: float, xi) -> optax.GradientTransformation:
@@ -117,10 +127,13 @@ def _inner(wd: float, momentum: float, xi) -> optax.GradientTransformation:
 
 @functools.lru_cache(maxsize=8)
 def _derivatives(config: SupernetConfig, second_order: tuple[tuple[str, int], ...], wd: float,
-                 momentum: float, fd_r: float):
-  """jit: the gradients at (w, alpha) on both batches, then each (estimator, 1 with the momentum
-  buffer or 0 without) of ``second_order``, as the search computes them (``gradient_loop``),
-  all in one loop: each derivative program is compiled once for every quantity."""
+                 momentum: float, fd_r: float, steps: tuple[search_lib.SearchHParams, ...]):
+  """jit: the gradients at (w, alpha) on both batches; L_val and its gradients at the virtual
+  step w' without momentum; each (estimator, 1 with the momentum buffer or 0 without) of
+  ``second_order``, as the search computes them (``gradient_loop``); and one full search step
+  from fresh optimiser states by each of ``steps`` (``search.step_plan``, what
+  ``search.search_step`` runs). All in one loop: each derivative program is compiled once for
+  every quantity."""
   loss = make_loss(config)
 
   @jax.jit
@@ -128,12 +141,24 @@ def _derivatives(config: SupernetConfig, second_order: tuple[tuple[str, int], ..
     inner = _inner(wd, momentum, xi)
     at_w = gl.Plan(tuple(gl.Call(gl.GRADIENT, lambda _, b=b: gl.Probe(weights, alphas, b))
                          for b in (train, val)), lambda r: (r(0), r(1)))
+    # L_val and its gradients at the virtual step w' without momentum (the direct part d of
+    # eq. 7 and its v): one more pair of iterations of the same programs
+    fresh = optax.tree_utils.tree_set(inner.init(weights), trace=buffers[0])
+    w_prime = lambda g: optax.apply_updates(weights, inner.update(g, fresh, weights)[0])  # noqa
+    at_w_prime = gl.Plan((gl.Call(gl.GRADIENT, lambda _: gl.Probe(weights, alphas, train)),
+                          gl.Call(gl.GRADIENT, lambda r: gl.Probe(w_prime(r(0).g_w), alphas,
+                                                                  val))), lambda r: r(1))
     plans = [gl.plan(estimator, inner, weights, alphas,
                      optax.tree_utils.tree_set(inner.init(weights), trace=buffers[with_momentum]),
                      xi, train, val, fd_r) for estimator, with_momentum in second_order]
-    calls, finishes = gl.concatenate([at_w, *plans])
+    step_plans = [search_lib.step_plan(hp, search_lib.init_search_state(
+        hp, weights, alphas, stats, jax.random.PRNGKey(0)), train, val) for hp in steps]
+    calls, finishes = gl.concatenate([at_w, at_w_prime, *plans, *step_plans])
     results = gl.run(loss, stats, calls)
-    return finishes[0](results), [finish(results)[0] for finish in finishes[1:]]
+    n = len(plans)
+    return (finishes[0](results), finishes[1](results),
+            [finish(results)[0] for finish in finishes[2:2 + n]],
+            [finish(results)[0] for finish in finishes[2 + n:]])
   return run
 
 
@@ -159,21 +184,24 @@ def _unrolled(config: SupernetConfig, wd: float, momentum: float):
   return run
 
 
-@functools.lru_cache(maxsize=8)
-def _search_step(config: SupernetConfig, hp: search_lib.SearchHParams):
-  loss = make_loss(config)
-  return jax.jit(lambda state, train, val: search_lib.search_step(hp, loss, state, train, val))
-
-
-def step_hparams(meta_search: Mapping) -> search_lib.SearchHParams:
-  """The reference step's optimisers: fresh states, the finite-difference estimator (eq. 7)."""
-  m, adam = meta_search, meta_search.get('arch_adam', {})
+def step_hparams(meta_search: Mapping, estimator: str = 'finite_difference'
+                 ) -> search_lib.SearchHParams:
+  """A reference step's optimisers: fresh states, ``estimator`` for the alpha gradient (the DARTS
+  files' step: the finite difference of eq. 7; PC-DARTS's ``step``: first order)."""
+  m, adam, sgd = meta_search, meta_search.get('arch_adam', {}), meta_search.get('weight_sgd', {})
   return search_lib.SearchHParams(
-      w_lr=m.get('xi', 0.025), w_momentum=m.get('momentum', 0.9),
-      w_weight_decay=m.get('weight_decay', 3e-4), grad_clip=m.get('grad_clip', 5.0),
+      w_lr=sgd.get('lr', m.get('xi', 0.025)), w_momentum=m.get('momentum', 0.9),
+      w_weight_decay=m.get('weight_decay', 3e-4),
+      grad_clip=sgd.get('grad_clip', m.get('grad_clip', 5.0)),
       alpha_lr=adam.get('lr', 3e-4), alpha_b1=adam.get('b1', 0.5), alpha_b2=adam.get('b2', 0.999),
       alpha_eps=adam.get('eps', 1e-8), alpha_weight_decay=adam.get('weight_decay', 1e-3),
-      estimator='finite_difference', fd_r=m.get('fd_r', 0.01))
+      estimator=estimator, fd_r=m.get('fd_r', 0.01))
+
+
+@functools.lru_cache(maxsize=8)
+def _forward(config: SupernetConfig, train: bool):
+  """jit: the loss and its aux (new BatchNorm statistics, logits) in training or eval mode."""
+  return jax.jit(make_loss(config, train))
 
 
 @functools.lru_cache(maxsize=8)
@@ -190,6 +218,34 @@ def _named(ref: Mapping, prefix: str) -> dict[str, np.ndarray]:
   return {k[len(prefix):]: v for k, v in ref.items() if k.startswith(prefix)}
 
 
+# architecture keys as a reference file names them: ours -> the file's
+_ARCH_KEYS = {'normal': 'alphas_normal', 'reduce': 'alphas_reduce',
+              'betas_normal': 'betas_normal', 'betas_reduce': 'betas_reduce'}
+
+
+def _architecture(ref: Mapping, prefix: str, config: SupernetConfig) -> dict[str, jax.Array]:
+  return {k: jnp.asarray(ref[prefix + _ARCH_KEYS[k]]) for k in config.architecture_shapes}
+
+
+def _check_architecture_gradient(report, name: str, g, ref: Mapping, kind: str) -> None:
+  """A gradient in the architecture as the files stack it: [normal, reduce] of the alphas at
+  ``name``; of PC-DARTS's betas at ``name`` + '_betas' (``grad_alphas_*``: ``grad_betas_*``)."""
+  report.check(name, np.stack([g['normal'], g['reduce']]), ref[name], kind)
+  betas_name = (name.replace('grad_alphas_', 'grad_betas_') if 'grad_alphas_' in name
+                else name + '_betas')
+  if 'betas_normal' in g and betas_name in ref:
+    report.check(betas_name, np.stack([g['betas_normal'], g['betas_reduce']]), ref[betas_name],
+                 kind)
+
+
+def _running_stats(config: SupernetConfig, weights, stats) -> dict[str, np.ndarray]:
+  """BatchNorm running statistics by the original's names (the weights' tree tells each
+  module's kind, hence its names)."""
+  named = interop.to_original({'params': weights, 'batch_stats': stats}, nodes=config.nodes,
+                              primitives=config.primitives)
+  return {k: v for k, v in named.items() if k.endswith(('.running_mean', '.running_var'))}
+
+
 def _verify_search(ref: Mapping[str, np.ndarray], meta, report) -> None:
   config = search_config(meta)
   x_train = _nchw_to_nhwc(ref['search/x_train'])
@@ -199,11 +255,21 @@ def _verify_search(ref: Mapping[str, np.ndarray], meta, report) -> None:
       primitives=config.primitives)
   variables = load('search/w/', {'params': shapes.weights, 'batch_stats': shapes.batch_stats})
   weights, stats = variables['params'], variables.get('batch_stats', {})
-  alphas = {'normal': jnp.asarray(ref['search/alphas_normal']),
-            'reduce': jnp.asarray(ref['search/alphas_reduce'])}
+  if _named(ref, 'search/bn/'):  # the running statistics' own entries (PC-DARTS's files)
+    # (the params' shapes tell each module's kind, hence the original's names)
+    stats = interop.from_original(_named(ref, 'search/bn/'),
+                                  {'params': shapes.weights, 'batch_stats': shapes.batch_stats},
+                                  nodes=config.nodes, require=('batch_stats',),
+                                  primitives=config.primitives)['batch_stats']
+  alphas = _architecture(ref, 'search/', config)
   train = (x_train, jnp.asarray(ref['search/y_train']))
   val = (_nchw_to_nhwc(ref['search/x_val']), jnp.asarray(ref['search/y_val']))
   m = meta['search']
+  to_original = lambda collection, tree: interop.to_original(  # noqa: E731
+      {collection: tree}, nodes=config.nodes, primitives=config.primitives)
+  if 'search/logits_eval' in ref:  # eval mode: the running statistics, before any update
+    (_, eval_aux) = _forward(config, False)(weights, alphas, stats, train)
+    report.check('search/logits_eval', eval_aux.logits, ref['search/logits_eval'], 'logits')
   buffers = (jax.tree_util.tree_map(jnp.zeros_like, weights),)  # (without, with momentum)
   if _named(ref, 'search/momentum/'):
     buffers += (load('search/momentum/', {'params': shapes.weights})['params'],)
@@ -212,9 +278,16 @@ def _verify_search(ref: Mapping[str, np.ndarray], meta, report) -> None:
   if any(with_momentum and len(buffers) == 1 for *_, with_momentum in second_order):
     raise KeyError('search/momentum/*')
   wd, momentum, xi = m.get('weight_decay', 3e-4), m.get('momentum', 0.9), m.get('xi', 0.025)
+  # the full steps the file holds: DARTS's 'step' by eq. 7; PC-DARTS's 'step' first order (its
+  # train_search.py's default) and 'step_unrolled' by eq. 7
+  steps = [(prefix, step_hparams(m, estimator)) for prefix, estimator in
+           (('search/step/', 'first_order' if 'k' in m else 'finite_difference'),
+            ('search/step_unrolled/', 'finite_difference'))
+           if any(k.startswith(prefix) for k in ref)]
   run = _derivatives(config, tuple((e, int(w)) for _, e, w in second_order), wd, momentum,
-                     m.get('fd_r', 0.01))
-  (at_train, at_val), hypergradients = run(weights, alphas, stats, train, val, buffers, xi)
+                     m.get('fd_r', 0.01), tuple(hp for _, hp in steps))
+  (at_train, at_val), at_w_prime, hypergradients, stepped = run(weights, alphas, stats, train,
+                                                                val, buffers, xi)
 
   report.check('search/logits_train', at_train.aux.logits, ref['search/logits_train'], 'logits')
   report.check('search/loss_train', at_train.loss, ref['search/loss_train'], 'loss')
@@ -222,46 +295,81 @@ def _verify_search(ref: Mapping[str, np.ndarray], meta, report) -> None:
     report.check('search/loss_val', at_val.loss, ref['search/loss_val'], 'loss')
   ref_g = _named(ref, 'search/grad_w_train/')
   if ref_g:
-    report.check_named('search/grad_w_train',
-                       interop.to_original({'params': at_train.g_w}, nodes=config.nodes,
-                                           primitives=config.primitives), ref_g, 'gradient')
-  stacked = lambda g: np.stack([g['normal'], g['reduce']])  # noqa: E731
+    report.check_named('search/grad_w_train', to_original('params', at_train.g_w), ref_g,
+                       'gradient')
+  ref_bn = _named(ref, 'search/bn_after_train/')
+  if ref_bn:  # one training-mode forward's update of the running statistics
+    report.check_named('search/bn_after_train',
+                       _running_stats(config, weights, at_train.aux.batch_stats), ref_bn,
+                       'roundoff')
   if 'search/grad_alphas_train' in ref:
-    report.check('search/grad_alphas_train', stacked(at_train.g_alpha),
-                 ref['search/grad_alphas_train'], 'gradient')
+    _check_architecture_gradient(report, 'search/grad_alphas_train', at_train.g_alpha, ref,
+                                 'gradient')
   if 'search/hypergrad_first_order' in ref:
-    report.check('search/hypergrad_first_order', stacked(at_val.g_alpha),
-                 ref['search/hypergrad_first_order'], 'gradient')
+    _check_architecture_gradient(report, 'search/hypergrad_first_order', at_val.g_alpha, ref,
+                                 'gradient')
+  if 'search/unrolled_nomomentum/loss_val' in ref:  # L_val(w') and its d, without momentum
+    report.check('search/unrolled_nomomentum/loss_val', at_w_prime.loss,
+                 ref['search/unrolled_nomomentum/loss_val'], 'loss')
+    _check_architecture_gradient(report, 'search/unrolled_nomomentum/grad_alphas_val',
+                                 at_w_prime.g_alpha, ref, 'gradient')
   for (name, estimator, _), g in zip(second_order, hypergradients):
     kind = 'gradient' if estimator == 'exact' else 'finite_difference'
-    report.check(f'search/{name}', stacked(g), ref[f'search/{name}'], kind)
-    if name == 'hypergrad_exact':
+    _check_architecture_gradient(report, f'search/{name}', g, ref, kind)
+    if name == 'hypergrad_fd_nomomentum' and 'search/hvp_fd_nomomentum' in ref:
+      # eq. 7 is d - xi * hvp: the finite-difference Hessian-vector product itself
+      hvp = jax.tree_util.tree_map(lambda d, h: (d - h) / xi, at_w_prime.g_alpha, g)
+      _check_architecture_gradient(report, 'search/hvp_fd_nomomentum', hvp, ref,
+                                   'finite_difference')
+    if name == 'hypergrad_exact' and config.partial_channels == 1:
       # eq. 6 by the chain rule in pieces (what the search runs) against jax.grad through the
-      # whole virtual step (unrolled, K = 1): the same number up to round-off
+      # whole virtual step (unrolled, K = 1): the same number up to round-off (the DARTS
+      # files; the network is the same code under PC-DARTS, and the compile costs minutes)
       unrolled = _unrolled(config, wd, momentum)(weights, alphas, stats, train, val,
                                                  buffers[1], xi)
-      report.check('search/exact_vs_unrolled', stacked(g), stacked(unrolled), 'same_math')
-  if any(k.startswith('search/step/') for k in ref):
-    _verify_step(ref, m, config, weights, alphas, stats, train, val, report)
+      report.check('search/exact_vs_unrolled', np.stack([g['normal'], g['reduce']]),
+                   np.stack([unrolled['normal'], unrolled['reduce']]), 'same_math')
+  for (prefix, hp), new in zip(steps, stepped):
+    _verify_step(ref, prefix, hp, new, config, weights, alphas, stats, train, val,
+                 at_w_prime.g_w, report)
 
 
-def _verify_step(ref, m, config, weights, alphas, stats, train, val, report) -> None:
-  """One full search step from fresh optimiser states: Adam on the eq. (7) alpha gradient, then
-  clipped SGD on the weights with the new alphas."""
-  hp = step_hparams(m)
-  state = search_lib.init_search_state(hp, weights, alphas, stats, jax.random.PRNGKey(0))
-  new, _ = _search_step(config, hp)(state, train, val)
-  for cell in ('normal', 'reduce'):
-    report.check(f'search/step/alphas_{cell}', new.alphas[cell],
-                 ref[f'search/step/alphas_{cell}'], 'step')
-  if 'search/step/loss_train' in ref:
-    report.check('search/step/loss_train', new.metrics.train_loss,
-                 ref['search/step/loss_train'], 'step')
-  ref_w = _named(ref, 'search/step/w/')
+def _verify_step(ref, prefix, hp, new, config, weights, alphas, stats, train, val, v, report
+                 ) -> None:
+  """``new``: the state after one full search step from fresh optimiser states (Adam on the
+  architecture by ``hp``'s estimator, then clipped SGD on the weights with the new
+  architecture). Its running statistics as the original's in-place modules leave them: our
+  step keeps only the weight step's update, so they are recomputed by chaining the forwards the
+  original ran (training mode)."""
+  for key in config.architecture_shapes:
+    if prefix + _ARCH_KEYS[key] in ref:
+      report.check(prefix + _ARCH_KEYS[key], new.alphas[key], ref[prefix + _ARCH_KEYS[key]],
+                   'step')
+  if prefix + 'loss_train' in ref:
+    report.check(prefix + 'loss_train', new.metrics.train_loss, ref[prefix + 'loss_train'],
+                 'step')
+  ref_w = _named(ref, prefix + 'w/')
   if ref_w:
-    report.check_named('search/step/w',
-                       interop.to_original({'params': new.weights}, nodes=config.nodes,
-                                           primitives=config.primitives), ref_w, 'step')
+    report.check_named(prefix + 'w', interop.to_original(
+        {'params': new.weights}, nodes=config.nodes, primitives=config.primitives), ref_w,
+                       'step')
+  ref_bn = _named(ref, prefix + 'bn/')
+  if ref_bn or prefix + 'logits_train' in ref:
+    forward = _forward(config, True)
+    if hp.estimator == 'first_order':  # the alpha step's forward: validation at w
+      points = [(weights, val)]
+    else:  # eq. 7's: training at w, w + R v and w - R v (R = r / ||v||)
+      r = hp.fd_r / float(hg.tree_norm(v))
+      points = [(weights, train), (hg.tree_axpy(r, v, weights), train),
+                (hg.tree_axpy(-r, v, weights), train)]
+    for w, batch in points:
+      stats = forward(w, alphas, stats, batch)[1].batch_stats
+    _, aux = forward(weights, new.alphas, stats, train)  # the weight step's forward
+    if prefix + 'logits_train' in ref:
+      report.check(prefix + 'logits_train', aux.logits, ref[prefix + 'logits_train'], 'step')
+    if ref_bn:
+      report.check_named(prefix + 'bn', _running_stats(config, weights, aux.batch_stats),
+                         ref_bn, 'step')
 
 
 def _eval_genotype(spec) -> Genotype:
@@ -289,13 +397,18 @@ def _verify_eval(ref: Mapping[str, np.ndarray], meta, report) -> None:
 def _verify_genotypes(ref, meta, report) -> None:
   config = search_config(meta)
   expected = meta.get('genotypes', [])
+  fields = ('normal', 'normal_concat', 'reduce', 'reduce_concat')
   mismatches = [
       k for k, want in enumerate(expected)
-      if derive_genotype({'normal': ref[f'genotype/{k}/alphas_normal'],
-                          'reduce': ref[f'genotype/{k}/alphas_reduce']},
-                         config.primitives, config.nodes, config.multiplier)
-      != Genotype.from_dict(want)]
+      if derive_genotype(_architecture(ref, f'genotype/{k}/', config), config.primitives,
+                         config.nodes, config.multiplier)
+      != Genotype.from_dict({f: want[f] for f in fields})]
   report.count('genotypes', len(expected), mismatches)
+  if 'search/genotype' in ref:  # the search architecture's, as the original's string
+    ours = derive_genotype(_architecture(ref, 'search/', config), config.primitives,
+                           config.nodes, config.multiplier)
+    report.count('search/genotype', 1,
+                  [] if ours == parse_genotype(str(ref['search/genotype'])) else [0])
 
 
 # every quantity of a CNN reference file that its meta promises
@@ -304,6 +417,7 @@ verify = verify_sections(_verify_search, _verify_eval, _verify_genotypes)
 
 REFERENCE = ReferenceFormat(
     # recurrent files have these keys too, and their sizes at the top level (spaces/rnn.py)
+    # PC-DARTS's files are this format with K and the edge betas (meta.search.k)
     name=NAME, detect=lambda meta: (any(k in meta for k in ('search', 'eval', 'genotypes'))
                                     and 'sizes' not in meta),
     verify=verify)

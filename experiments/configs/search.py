@@ -6,8 +6,10 @@ Pick a preset after the file name and override any key on the command line:
       --config.epochs=3 --workdir=/tmp/tiny
 
 Presets: ``paper`` (the default: the paper's CIFAR-10 search), ``tiny`` (a CPU smoke test on
-CIFAR-10: 3 cells, C=4, 256 images, 2 epochs) and ``demo`` (scikit-learn's bundled digits:
-real data, no download, a few minutes on 2 CPU cores).
+CIFAR-10: 3 cells, C=4, 256 images, 2 epochs), ``demo`` (scikit-learn's bundled digits:
+real data, no download, a few minutes on 2 CPU cores) and ``pc_darts`` (PC-DARTS's CIFAR-10
+search, its train_search.py). Any preset searches as another member of the DARTS family with
+``--config.method=pc_darts``.
 """
 
 import ml_collections
@@ -16,7 +18,7 @@ from darts_jax.search import SearchHParams
 from darts_jax.supernet import SupernetConfig
 from experiments.configs.scale_out import add_scale_out_keys
 
-PRESETS = ('paper', 'tiny', 'demo')
+PRESETS = ('paper', 'tiny', 'demo', 'pc_darts')
 
 
 def get_config(preset: str = 'paper') -> ml_collections.ConfigDict:
@@ -40,6 +42,11 @@ def get_config(preset: str = 'paper') -> ml_collections.ConfigDict:
   c.dtype = 'float32'
 
   add_scale_out_keys(c, base_batch=64)  # devices, hosts, BN semantics, bf16, lr scaling
+
+  # the member of the DARTS family (darts_jax.methods): darts, pc_darts (the pc_darts preset
+  # is its paper's recipe)
+  c.method = 'darts'
+  c.partial_channels = 4  # PC-DARTS's K (method pc_darts): 1/K of the channels in each op
 
   # supernet (the paper's search network: 8 cells, C=16, 4 intermediate nodes per cell)
   c.init_channels = net.C
@@ -83,6 +90,7 @@ def get_config(preset: str = 'paper') -> ml_collections.ConfigDict:
   # program once (darts_jax.gradient_loop; first_order, exact, finite_difference): the same
   # numbers, a fraction of the compile time and the compiler's memory
   c.loop_gradients = paper.loop_gradients
+  c.warmup_epochs = paper.warmup_epochs  # epochs of weight steps alone first (PC-DARTS: 15)
 
   # what the run shows and keeps
   c.log_every = 10
@@ -93,7 +101,19 @@ def get_config(preset: str = 'paper') -> ml_collections.ConfigDict:
   c.tensorboard = True
   c.progress = True
 
-  if preset == 'tiny':
+  if preset == 'pc_darts':
+    # PC-DARTS's train_search.py (PCDARTS_README.md): K = 4, batch 256 for both halves, SGD
+    # 0.1 cosine to 0, Adam 6e-4, the first 15 of 50 epochs weights only, first order
+    c.method = 'pc_darts'
+    c.partial_channels = 4
+    c.batch_size = 256
+    c.lr_base_batch = 256  # its learning rates are for batch 256
+    c.w_lr = 0.1
+    c.w_lr_min = 0.0
+    c.alpha_lr = 6e-4
+    c.warmup_epochs = 15
+    c.estimator = 'first_order'
+  elif preset == 'tiny':
     c.remat_cells = False  # small enough; compiles faster without
     c.max_examples = 256
     c.layers = 3
