@@ -126,9 +126,10 @@ def check_workdir(workdir: str, cfg: Mapping, may_differ: tuple[str, ...], main:
     may_differ += ('num_devices',)
   if cfg['lr_scaling'] == 'none':
     may_differ += ('lr_base_batch',)  # unused then
+  # what an older run's config lacks means these values, for the keys this kind of run has
+  absent_means = {k: v for k, v in {**BEFORE_SCALE_OUT, **BEFORE_METHODS}.items() if k in cfg}
   check = lambda write: ckpt_lib.check_run_config(  # noqa: E731
-      workdir, cfg, may_differ, write, absent_means={**BEFORE_SCALE_OUT, **BEFORE_METHODS},
-      renamed=RENAMED_KEYS)
+      workdir, cfg, may_differ, write, absent_means=absent_means, renamed=RENAMED_KEYS)
   resumed = check(True) if main else False
   parallel.barrier('config')
   return resumed if main else check(False)

@@ -247,6 +247,9 @@ def run_epochs(loop: EpochLoop, state, *, cfg: Mapping, workdir: str, epochs: in
                                        loop.warmup_what if warm else loop.what, log)
       return compiled[warm]
 
+    if step < total:  # the first program before the loop: a failed compile saves nothing
+      epoch = bounds.epoch_of(step)
+      step_for(epoch, (state, *loop.batches(epoch)(step - int(bounds.starts[epoch]))))
     try:
       while step < total:
         epoch = bounds.epoch_of(step)

@@ -62,12 +62,14 @@ class SearchHParams:
   # run the step's loss derivatives as one loop (gradient_loop), so XLA compiles each distinct
   # derivative program once; first_order, exact and finite_difference (the others run inline)
   loop_gradients: bool = True
-  # epochs of weight steps alone before the bilevel steps start (PC-DARTS: 15 of 50)
+  # epochs of weight steps alone before the bilevel steps start (PC-DARTS: 15 of 50): the
+  # search loop runs warmup_step in them; search_step itself is always the bilevel step
   warmup_epochs: int = 0
 
   def __post_init__(self):
-    if (not isinstance(self.warmup_epochs, (int, np.integer)) or isinstance(self.warmup_epochs, bool)
-        or not 0 <= self.warmup_epochs <= self.epochs):
+    warmup = self.warmup_epochs
+    if (not isinstance(warmup, (int, np.integer)) or isinstance(warmup, bool)
+        or not 0 <= warmup <= self.epochs):
       raise ValueError(f'warmup_epochs={self.warmup_epochs!r}: must be an integer in '
                        f'[0, epochs={self.epochs}]')
     for name in ('epochs', 'steps_per_epoch'):

@@ -83,7 +83,7 @@ class SupernetConfig:
       if not isinstance(getattr(self, name), (bool, np.bool_)):
         raise ValueError(f'SupernetConfig.{name}={getattr(self, name)!r}: must be True or False')
     k = self.partial_channels
-    if not isinstance(k, (int, np.integer)) or k < 1:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
       raise ValueError(f'SupernetConfig.partial_channels={k!r}: must be a positive integer')
     for spec in cell_specs(self):
       if spec['c'] % k:

@@ -54,7 +54,7 @@ def study_network(path: str, dtype, done: frozenset = frozenset()):
   named in ``done`` (the exact one is always computed: it is what the others are compared to)."""
   from darts_jax import hypergradient as hg
   from darts_jax import interop
-  from darts_jax.spaces.cnn import search_config
+  from darts_jax.spaces.cnn import reference_architecture, search_config
   from darts_jax.supernet import make_loss, supernet_shapes
   with np.load(path) as f:
     ref = {k: f[k] for k in f.files}
@@ -68,7 +68,7 @@ def study_network(path: str, dtype, done: frozenset = frozenset()):
       named(prefix), {'params': shapes.weights}, nodes=config.nodes, require=('params',),
       primitives=config.primitives)['params'])
   weights, buf = load('search/w/'), load('search/momentum/')
-  alphas = cast({'normal': ref['search/alphas_normal'], 'reduce': ref['search/alphas_reduce']})
+  alphas = cast(reference_architecture(ref, 'search/', config))  # PC-DARTS: betas too
   # training-mode losses normalise with batch statistics: the running ones are never read
   stats = cast(jax.tree_util.tree_map(lambda s: np.zeros(s.shape), shapes.batch_stats))
   loss = make_loss(config)

@@ -70,6 +70,17 @@ def test_a_run_from_before_nodes_was_named_resumes(tmp_path):
     run_config.check_workdir(str(tmp_path / 'old'), dict(cfg, nodes=3), MAY_DIFFER, True)
 
 
+def test_a_search_from_before_the_darts_family_keys_resumes_as_darts(tmp_path):
+  cfg = search_config('tiny').to_dict()
+  old = {k: v for k, v in cfg.items() if k not in ('method', 'partial_channels', 'warmup_epochs')}
+  os.makedirs(tmp_path / 'old')
+  (tmp_path / 'old' / 'config.json').write_text(json.dumps(old))
+  assert run_config.check_workdir(str(tmp_path / 'old'), cfg, MAY_DIFFER, True)
+  with pytest.raises(ValueError, match=r"method: 'darts' -> 'pc_darts'"):
+    run_config.check_workdir(str(tmp_path / 'old'), dict(cfg, method='pc_darts'), MAY_DIFFER,
+                             True)
+
+
 def test_evaluation_config_keeps_the_run_and_takes_only_evaluation_keys(tmp_path):
   defaults = train_config('paper').to_dict()
   stored = dict(train_config('tiny').to_dict(), genotype='DARTS_V1')

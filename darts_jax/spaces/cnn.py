@@ -223,7 +223,10 @@ _ARCH_KEYS = {'normal': 'alphas_normal', 'reduce': 'alphas_reduce',
               'betas_normal': 'betas_normal', 'betas_reduce': 'betas_reduce'}
 
 
-def _architecture(ref: Mapping, prefix: str, config: SupernetConfig) -> dict[str, jax.Array]:
+def reference_architecture(ref: Mapping, prefix: str, config: SupernetConfig
+                           ) -> dict[str, jax.Array]:
+  """The architecture pytree a reference file stores under ``prefix`` (the alphas, and
+  PC-DARTS's betas where ``config`` has edge normalisation)."""
   return {k: jnp.asarray(ref[prefix + _ARCH_KEYS[k]]) for k in config.architecture_shapes}
 
 
@@ -261,7 +264,7 @@ def _verify_search(ref: Mapping[str, np.ndarray], meta, report) -> None:
                                   {'params': shapes.weights, 'batch_stats': shapes.batch_stats},
                                   nodes=config.nodes, require=('batch_stats',),
                                   primitives=config.primitives)['batch_stats']
-  alphas = _architecture(ref, 'search/', config)
+  alphas = reference_architecture(ref, 'search/', config)
   train = (x_train, jnp.asarray(ref['search/y_train']))
   val = (_nchw_to_nhwc(ref['search/x_val']), jnp.asarray(ref['search/y_val']))
   m = meta['search']
@@ -400,12 +403,12 @@ def _verify_genotypes(ref, meta, report) -> None:
   fields = ('normal', 'normal_concat', 'reduce', 'reduce_concat')
   mismatches = [
       k for k, want in enumerate(expected)
-      if derive_genotype(_architecture(ref, f'genotype/{k}/', config), config.primitives,
+      if derive_genotype(reference_architecture(ref, f'genotype/{k}/', config), config.primitives,
                          config.nodes, config.multiplier)
       != Genotype.from_dict({f: want[f] for f in fields})]
   report.count('genotypes', len(expected), mismatches)
   if 'search/genotype' in ref:  # the search architecture's, as the original's string
-    ours = derive_genotype(_architecture(ref, 'search/', config), config.primitives,
+    ours = derive_genotype(reference_architecture(ref, 'search/', config), config.primitives,
                            config.nodes, config.multiplier)
     report.count('search/genotype', 1,
                   [] if ours == parse_genotype(str(ref['search/genotype'])) else [0])
