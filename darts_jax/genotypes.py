@@ -284,13 +284,16 @@ def mixing_weights(alphas: Mapping[str, Any]) -> dict[str, np.ndarray]:
   softmax behind the genotype rule; the logs show the supernet's own float32 mixing instead
   (``spaces.cnn``), as they always have.
   """
-  out = {}
-  for kind, a in alphas.items():
-    a = np.asarray(a)
-    a = a.astype(a.dtype if np.issubdtype(a.dtype, np.floating) else np.float64)
-    e = np.exp(a - a.max(axis=-1, keepdims=True))
-    out[kind] = e / e.sum(axis=-1, keepdims=True)
-  return out
+  return {kind: _softmax_np(a) for kind, a in alphas.items()}
+
+
+def _softmax_np(a: Any) -> np.ndarray:
+  """softmax over the last axis in numpy, in ``a``'s own floating precision (other dtypes:
+  float64), as the original's genotype rules compute it."""
+  a = np.asarray(a)
+  a = a.astype(a.dtype if np.issubdtype(a.dtype, np.floating) else np.float64)
+  e = np.exp(a - a.max(axis=-1, keepdims=True))
+  return e / e.sum(axis=-1, keepdims=True)
 
 
 def _parse_cell(mixing: np.ndarray, primitives: Sequence[str], nodes: int):
@@ -315,15 +318,9 @@ def _parse_cell(mixing: np.ndarray, primitives: Sequence[str], nodes: int):
 def node_softmax_np(betas: Any, nodes: int) -> np.ndarray:
   """PC-DARTS's edge weights in numpy, in the betas' own floating precision as the original
   computes them: a softmax over each node's own 2 + i edges."""
-  b = np.asarray(betas)
-  b = b.astype(b.dtype if np.issubdtype(b.dtype, np.floating) else np.float64)
-  out, start = [], 0
-  for i in range(nodes):
-    seg = b[start:start + i + 2]
-    e = np.exp(seg - seg.max())
-    out.append(e / e.sum())
-    start += i + 2
-  return np.concatenate(out)
+  starts = np.cumsum([0] + [i + 2 for i in range(nodes)])
+  return np.concatenate([_softmax_np(np.asarray(betas)[starts[i]:starts[i + 1]])
+                         for i in range(nodes)])
 
 
 def derive_genotype(alphas: Mapping[str, Any], primitives: Sequence[str] = PRIMITIVES,

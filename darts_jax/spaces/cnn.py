@@ -268,8 +268,6 @@ def _verify_search(ref: Mapping[str, np.ndarray], meta, report) -> None:
   train = (x_train, jnp.asarray(ref['search/y_train']))
   val = (_nchw_to_nhwc(ref['search/x_val']), jnp.asarray(ref['search/y_val']))
   m = meta['search']
-  to_original = lambda collection, tree: interop.to_original(  # noqa: E731
-      {collection: tree}, nodes=config.nodes, primitives=config.primitives)
   if 'search/logits_eval' in ref:  # eval mode: the running statistics, before any update
     (_, eval_aux) = _forward(config, False)(weights, alphas, stats, train)
     report.check('search/logits_eval', eval_aux.logits, ref['search/logits_eval'], 'logits')
@@ -298,8 +296,9 @@ def _verify_search(ref: Mapping[str, np.ndarray], meta, report) -> None:
     report.check('search/loss_val', at_val.loss, ref['search/loss_val'], 'loss')
   ref_g = _named(ref, 'search/grad_w_train/')
   if ref_g:
-    report.check_named('search/grad_w_train', to_original('params', at_train.g_w), ref_g,
-                       'gradient')
+    report.check_named('search/grad_w_train',
+                       interop.to_original({'params': at_train.g_w}, nodes=config.nodes,
+                                           primitives=config.primitives), ref_g, 'gradient')
   ref_bn = _named(ref, 'search/bn_after_train/')
   if ref_bn:  # one training-mode forward's update of the running statistics
     report.check_named('search/bn_after_train',
