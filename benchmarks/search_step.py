@@ -1,8 +1,8 @@
 """Time one full DARTS search step (alpha step by each estimator, then the weight step).
 
   python -m benchmarks.search_step [--preset tiny|small|paper] [--estimators first_order,exact]
-                                   [--method darts|pc_darts] [--steps 10] [--out results.json]
-                                   [--timeout SECONDS]
+                                   [--method darts|pc_darts|gdas|...] [--steps 10]
+                                   [--out results.json] [--timeout SECONDS]
 
 Rows: each estimator's full search step (alpha step, then weight step), and ``weight_step``,
 the plain weight step alone (forward, backward, clip, SGD). Each row runs in its own process,
@@ -40,28 +40,39 @@ def measure(preset: str, row: str, steps: int, depthwise_impl: str = 'auto',
   from darts_jax import hypergradient as hg
   from darts_jax import search as S
   from darts_jax.parallel import make_mesh
-  from darts_jax.supernet import SupernetConfig, init_alphas, init_supernet, make_loss
+  from darts_jax.spaces import cnn
+  from darts_jax.supernet import SupernetConfig, init_supernet
+  from experiments.configs.search import get_config
 
   p = PRESETS[preset]
-  # the supernet options the method's search builds (PC-DARTS: K = 4 and the edge betas)
-  options = methods.get(method).configure({})
+  # the supernet the method's search builds (PC-DARTS: K = 4 and the edge betas; DARTS-: the
+  # auxiliary skip), with the method's settings at the search config's defaults
+  m = methods.get(method)
+  options = m.configure(get_config('paper').to_dict())
   net = SupernetConfig(C=p['C'], layers=p['layers'], depthwise_impl=depthwise_impl,
                        remat_cells=remat_cells, partial_channels=options['partial_channels'],
-                       edge_normalization=options['edge_normalization'])
+                       edge_normalization=options['edge_normalization'],
+                       auxiliary_skip=options.get('auxiliary_skip', False))
+  space = m.transform(cnn.make_space(net), options)
   hp = S.SearchHParams(estimator='first_order' if row == 'weight_step' else row,
                        unrolled_steps=2, loop_gradients=loop_gradients)
   variables = init_supernet(jax.random.PRNGKey(0), net)
-  state = S.init_search_state(hp, variables.weights, init_alphas(jax.random.PRNGKey(1), net),
+  state = S.init_search_state(hp, variables.weights,
+                              space.init_architecture(jax.random.PRNGKey(1), jnp.float32),
                               variables.batch_stats, jax.random.PRNGKey(2))
   rng = np.random.default_rng(0)
   batch = lambda: (jnp.asarray(rng.normal(size=(p['batch'], 32, 32, 3)), jnp.float32),
                    jnp.asarray(rng.integers(0, 10, p['batch']), jnp.int32))
   train, val = batch(), batch()
-  loss = make_loss(net, compute_dtype=None if compute_dtype == 'float32' else compute_dtype)
+  dtype = None if compute_dtype == 'float32' else compute_dtype
+  loss = (space.make_loss(True, dtype) if space.make_step_loss is None
+          else S.Stepped(space.make_step_loss(True, dtype)))  # a method's per-step draws
   if row == 'weight_step':
     def weight_only(state, train):
-      weights, w_opt_state, *_ = S.weight_step(hp, loss, state.weights, state.alphas,
-                                               state.batch_stats, state.w_opt_state, train)
+      losses = S.losses_at(hp, loss, state)
+      weights, w_opt_state, *_ = S.weight_step(hp, losses.weight_loss or losses.loss,
+                                               state.weights, state.alphas, state.batch_stats,
+                                               state.w_opt_state, train)
       return state._replace(weights=weights, w_opt_state=w_opt_state)
 
     jitted = jax.jit(weight_only, donate_argnums=0)
@@ -118,7 +129,8 @@ def main(argv=None) -> int:
                       help='each loss derivative its own copy in the program '
                            '(loop_gradients=False), as before darts_jax.gradient_loop')
   parser.add_argument('--method', default='darts',
-                      help='the member of the DARTS family (darts_jax.methods): darts, pc_darts')
+                      help='the member of the DARTS family (darts_jax.methods): darts, pc_darts, '
+                      'gdas, drnas, sdarts_rs, sdarts_adv, darts_minus')
   common.add_run_flags(parser, 'seconds allowed per row, compile included')
   args = parser.parse_args(argv)
   from darts_jax import methods

@@ -315,6 +315,32 @@ def _parse_cell(mixing: np.ndarray, primitives: Sequence[str], nodes: int):
   return gene
 
 
+def _parse_cell_by_pairs(mixing: np.ndarray, primitives: Sequence[str], nodes: int):
+  """GDAS's rule: per node keep the 2 strongest (op, input) pairs over all its incoming edges'
+  non-none ops, strongest first; both may come from one input. Ties keep the order (input,
+  op), as GDAS's stable sort does."""
+  gene, start = [], 0
+  for i in range(nodes):
+    pairs = [(mixing[start + j][k], j, k) for j in range(i + 2)
+             for k, p in enumerate(primitives) if p != 'none']
+    gene.extend((primitives[k], j) for _, j, k in sorted(pairs, key=lambda x: -x[0])[:2])
+    start += i + 2
+  return gene
+
+
+def derive_genotype_by_pairs(alphas: Mapping[str, Any], primitives: Sequence[str] = PRIMITIVES,
+                             nodes: int = 4, multiplier: int = 4) -> Genotype:
+  """GDAS's genotype of ``alphas`` (not softmaxed): per node the 2 strongest (op, input) pairs of
+  ``softmax(alpha)`` (:func:`_parse_cell_by_pairs`), instead of the original's 2 strongest
+  edges."""
+  derive_genotype(alphas, primitives, nodes, multiplier)  # the same checks of the input
+  mixing = mixing_weights({kind: alphas[kind] for kind in ('normal', 'reduce')})
+  cells = {kind: _parse_cell_by_pairs(m, primitives, nodes) for kind, m in mixing.items()}
+  concat = list(range(2 + nodes - multiplier, nodes + 2))
+  return Genotype(normal=cells['normal'], normal_concat=concat, reduce=cells['reduce'],
+                  reduce_concat=concat)
+
+
 def node_softmax_np(betas: Any, nodes: int) -> np.ndarray:
   """PC-DARTS's edge weights in numpy, in the betas' own floating precision as the original
   computes them: a softmax over each node's own 2 + i edges."""

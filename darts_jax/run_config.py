@@ -59,7 +59,9 @@ PROCESS_KEYS = ('distributed', 'coordinator_address', 'num_processes', 'process_
 BEFORE_SCALE_OUT = {'batch_norm': 'global', 'shard_weights': False, 'compute_dtype': '',
                     'lr_scaling': 'none'}
 # what a search started before the DARTS family's keys existed did (plain DARTS, no warm-up)
-BEFORE_METHODS = {'method': 'darts', 'partial_channels': 4, 'warmup_epochs': 0}
+BEFORE_METHODS = {'method': 'darts', 'partial_channels': 4, 'warmup_epochs': 0,
+                  'gdas_tau_max': 10.0, 'gdas_tau_min': 0.1, 'drnas_kl_scale': 1e-3,
+                  'sdarts_epsilon': 0.3, 'sdarts_pgd_steps': 7, 'darts_minus_beta': 1.0}
 # every config key the scale-out added (experiments/configs/scale_out.py, num_devices aside)
 SCALE_OUT_KEYS = tuple(BEFORE_SCALE_OUT) + ('lr_base_batch',) + PROCESS_KEYS
 # config keys an earlier version called otherwise (old -> new): its runs still resume

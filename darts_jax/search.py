@@ -28,6 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from darts_jax import gradient_loop
 from darts_jax import hypergradient as hg
 from darts_jax.optim import clip_by_global_norm_torch, cosine_per_epoch, epoch_sums, keep_if_finite
+from darts_jax.spaces import StepContext, StepLoss
 
 Pytree = Any
 Batch = tuple[jax.Array, jax.Array]  # (images NHWC, integer labels)
@@ -175,6 +176,33 @@ def current_weight_lr(hp: SearchHParams, step) -> jax.Array:
 # ----------------------------------------------------------------------------------------------
 
 
+class Stepped(NamedTuple):
+  """A loss that depends on the step (a stochastic or annealed search method,
+  ``darts_jax.methods``): ``at(StepContext) -> StepLoss``. The search step binds it to its own
+  context (:func:`step_context`), so the sample is one for the whole step: every estimator
+  differentiates the sampled objective with the sample held fixed."""
+  at: Callable[[StepContext], StepLoss]
+
+
+# the stream of a step's method draws, beside augmentation's fold_in(rng, step) split
+SAMPLE_STREAM = 1
+
+
+def step_context(hp: SearchHParams, rng: jax.Array, step) -> StepContext:
+  """Step ``step``'s context: its draws from ``fold_in(fold_in(rng, step), SAMPLE_STREAM)``
+  (a function of the step alone, so a resumed search draws the same), and its epoch."""
+  key = jax.random.fold_in(jax.random.fold_in(rng, step), SAMPLE_STREAM)
+  return StepContext(key, jnp.asarray(step) // hp.steps_per_epoch, hp.epochs)
+
+
+def losses_at(hp: SearchHParams, loss: 'Callable | Stepped', state: SearchState) -> StepLoss:
+  """The step's losses: a plain loss serves both halves; a :class:`Stepped` one is bound to
+  the step's context."""
+  if isinstance(loss, Stepped):
+    return loss.at(step_context(hp, state.rng, state.step))
+  return StepLoss(loss)
+
+
 def alpha_gradient(hp: SearchHParams, loss: Callable, state: SearchState, train: Batch,
                    val: Batch) -> tuple[Pytree, hg.HypergradientAux]:
   """The architecture gradient by the configured estimator at the current state: the virtual
@@ -217,22 +245,24 @@ def _alpha_step(hp: SearchHParams, alphas, alpha_opt_state, g_alpha):
   return optax.apply_updates(alphas, updates), alpha_opt_state
 
 
-def _inline_halves(hp, loss, state: SearchState, train, val) -> _Halves:
+def _inline_halves(hp, losses: StepLoss, state: SearchState, train, val) -> _Halves:
   # alpha step: eq. (6) (or the configured estimator), then Adam
-  g_alpha, aux = alpha_gradient(hp, loss, state, train, val)
+  g_alpha, aux = alpha_gradient(hp, losses.loss, state, train, val)
   alphas, alpha_opt_state = _alpha_step(hp, state.alphas, state.alpha_opt_state, g_alpha)
   weights, w_opt_state, train_loss, loss_aux, g_w = weight_step(
-      hp, loss, state.weights, alphas, state.batch_stats, state.w_opt_state, train)
+      hp, losses.weight_loss or losses.loss, state.weights, alphas, state.batch_stats,
+      state.w_opt_state, train)
   return _Halves(g_alpha, aux, alphas, alpha_opt_state, weights, w_opt_state, train_loss,
                  loss_aux, g_w)
 
 
-def step_plan(hp: SearchHParams, state: SearchState, train: Batch, val: Batch
-              ) -> gradient_loop.Plan:
+def step_plan(hp: SearchHParams, state: SearchState, train: Batch, val: Batch,
+              weight_loss: Callable | None = None) -> gradient_loop.Plan:
   """:func:`search_step` (estimators first_order, exact, finite_difference) as the calls of a
   gradient loop; its ``finish`` makes ``(new state, HypergradientAux)`` from their results.
   Other plans can share the loop (``gradient_loop.concatenate``): each derivative program is
-  then compiled once for all of them."""
+  then compiled once for all of them. A method's own ``weight_loss`` (SDARTS's) is another
+  function than the loop's: its weight step then runs in ``finish``, after the loop."""
   estimator = gradient_loop.plan(hp.estimator, weight_inner_optimizer(hp), state.weights,
                                  state.alphas, state.w_opt_state[1],
                                  current_weight_lr(hp, state.step), train, val, hp.fd_r)
@@ -251,6 +281,13 @@ def step_plan(hp: SearchHParams, state: SearchState, train: Batch, val: Batch
         *alpha_step(r), *_weight_update(hp, state.weights, state.w_opt_state, last.g_w),
         last.loss, last.aux, last.g_w))
 
+  def finish_own_weight_step(r):
+    g_alpha, aux, alphas, alpha_opt_state = alpha_step(r)
+    return _new_state(hp, state, train, _Halves(g_alpha, aux, alphas, alpha_opt_state, *weight_step(
+        hp, weight_loss, state.weights, alphas, state.batch_stats, state.w_opt_state, train)))
+
+  if weight_loss is not None:
+    return gradient_loop.Plan(estimator.calls, finish_own_weight_step)
   weight_call = gradient_loop.Call(gradient_loop.GRADIENT, at_new_alphas)
   return gradient_loop.Plan(estimator.calls + (weight_call,), finish)
 
@@ -272,10 +309,12 @@ def _new_state(hp: SearchHParams, state: SearchState, train: Batch, h: _Halves
   return keep_if_finite(new, state, h.train_loss, h.aux.val_loss, h.g_alpha, h.g_w), h.aux
 
 
-def search_step(hp: SearchHParams, loss: Callable, state: SearchState, train: Batch, val: Batch,
-                preprocess: Callable | None = None) -> tuple[SearchState, hg.HypergradientAux]:
+def search_step(hp: SearchHParams, loss: 'Callable | Stepped', state: SearchState, train: Batch,
+                val: Batch, preprocess: Callable | None = None
+                ) -> tuple[SearchState, hg.HypergradientAux]:
   """One DARTS search step (Algorithm 1): alpha first, then w on the train batch with the new
   alpha. ``preprocess(key, images)`` augments raw batches inside the step (None: use as given).
+  ``loss`` is the space's loss, or a method's :class:`Stepped` one.
 
   A non-finite loss or gradient leaves the state as it was and records the step in
   ``nonfinite_step``; every later step is then a no-op, so the last good state survives.
@@ -285,15 +324,16 @@ def search_step(hp: SearchHParams, loss: Callable, state: SearchState, train: Ba
     train = (preprocess(k_train, train[0]), train[1])
     val = (preprocess(k_val, val[0]), val[1])
 
+  losses = losses_at(hp, loss, state)
   if hp.loop_gradients and hp.estimator in gradient_loop.ESTIMATORS:
     # every loss derivative a call of one loop: the same numbers as _inline_halves
-    plan = step_plan(hp, state, train, val)
-    return plan.finish(gradient_loop.run(loss, state.batch_stats, plan.calls))
-  return _new_state(hp, state, train, _inline_halves(hp, loss, state, train, val))
+    plan = step_plan(hp, state, train, val, losses.weight_loss)
+    return plan.finish(gradient_loop.run(losses.loss, state.batch_stats, plan.calls))
+  return _new_state(hp, state, train, _inline_halves(hp, losses, state, train, val))
 
 
-def warmup_step(hp: SearchHParams, loss: Callable, state: SearchState, train: Batch, val: Batch,
-                preprocess: Callable | None = None) -> tuple[SearchState, None]:
+def warmup_step(hp: SearchHParams, loss: 'Callable | Stepped', state: SearchState, train: Batch,
+                val: Batch, preprocess: Callable | None = None) -> tuple[SearchState, None]:
   """A step of the warm-up epochs (``hp.warmup_epochs``; PC-DARTS's first 15): the weight half
   alone, at the current alphas, which stay as they are. The epoch's validation loss and
   hypergradient norm sums stay 0: no alpha step ran. The same data and random streams as
@@ -302,8 +342,10 @@ def warmup_step(hp: SearchHParams, loss: Callable, state: SearchState, train: Ba
   if preprocess is not None:
     k_train, _ = jax.random.split(jax.random.fold_in(state.rng, state.step))
     train = (preprocess(k_train, train[0]), train[1])
+  losses = losses_at(hp, loss, state)
   weights, w_opt_state, train_loss, loss_aux, g_w = weight_step(
-      hp, loss, state.weights, state.alphas, state.batch_stats, state.w_opt_state, train)
+      hp, losses.weight_loss or losses.loss, state.weights, state.alphas, state.batch_stats,
+      state.w_opt_state, train)
   labels = train[1]
   correct = jnp.sum(jnp.argmax(loss_aux.logits, -1) == labels).astype(jnp.int32)
   previous = epoch_sums(state.metrics, state.step, hp.steps_per_epoch)
@@ -347,18 +389,20 @@ def jit_warmup_step(hp: SearchHParams, loss: Callable, mesh: Mesh,
                                                             preprocess), mesh, state_sharding)
 
 
-def jit_eval_step(eval_loss: Callable, mesh: Mesh, weights_sharding: Any = None):
-  """``(weights, alphas, batch_stats, batch) -> (loss sum, top-1 hits)`` with evaluation-mode
-  BatchNorm (running statistics), as the original's ``infer``."""
+def jit_eval_step(eval_loss: Callable, mesh: Mesh, weights_sharding: Any = None,
+                  extra_args: int = 0):
+  """``(weights, alphas, batch_stats, batch, *extra) -> (loss sum, top-1 hits)`` with
+  evaluation-mode BatchNorm (running statistics), as the original's ``infer``; ``extra_args``
+  replicated arguments follow the batch (a stepped method's epoch)."""
   replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   weights_sharding = replicated if weights_sharding is None else weights_sharding
 
-  def step(weights, alphas, batch_stats, data):
-    loss, aux = eval_loss(weights, alphas, batch_stats, data)
+  def step(weights, alphas, batch_stats, data, *extra):
+    loss, aux = eval_loss(weights, alphas, batch_stats, data, *extra)
     labels = data[1]
     return (loss * labels.shape[0],
             jnp.sum(jnp.argmax(aux.logits, -1) == labels).astype(jnp.int32))
 
-  return jax.jit(step, in_shardings=(weights_sharding, replicated, replicated, batch),
-                 out_shardings=replicated)
+  return jax.jit(step, in_shardings=(weights_sharding, replicated, replicated, batch)
+                 + (replicated,) * extra_args, out_shardings=replicated)
 

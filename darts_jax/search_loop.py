@@ -23,7 +23,7 @@ from darts_jax import run_config
 from darts_jax import run_loop
 from darts_jax import search as search_lib
 from darts_jax.ops.init import num_params
-from darts_jax.spaces import SearchSpace
+from darts_jax.spaces import SearchSpace, StepContext
 from darts_jax.spaces import cnn
 
 # config keys that may change between a run and its resumption (they do not change results)
@@ -89,7 +89,35 @@ def _epoch_report(r: Mapping, choices) -> str:
           f'  genotype = {r["genotype_str"]}')
 
 
-def _validation(eval_fn, state, feed, val_set, eval_batches: int) -> tuple[float, float, int]:
+def _search_loss(space: SearchSpace, ex: run_config.Execution):
+  """The search step's loss: the space's, or a method's stepped one (``search.Stepped``);
+  per-device BatchNorm wraps each loss the step uses."""
+  wrap = lambda f: f  # noqa: E731
+  if ex.batch_norm == 'per_device' and ex.mesh.size > 1:  # one device: the same as global
+    wrap = lambda f: parallel.per_device_batch_norm(f, ex.mesh.size, ex.mesh)  # noqa: E731
+  if space.make_step_loss is None:
+    return wrap(space.make_loss(True, ex.compute_dtype))
+  at = space.make_step_loss(True, ex.compute_dtype)
+
+  def wrapped(context):
+    losses = at(context)
+    return losses._replace(loss=wrap(losses.loss),
+                           weight_loss=losses.weight_loss and wrap(losses.weight_loss))
+  return search_lib.Stepped(wrapped)
+
+
+def _evaluation_loss(space: SearchSpace, compute_dtype, epochs: int):
+  """``(weights, architecture, batch_stats, batch, epoch) -> (loss, aux)`` in evaluation mode:
+  a stepped method's network without a draw, at the epoch (DARTS-'s skip coefficient)."""
+  if space.make_step_loss is None:
+    plain = space.make_loss(False, compute_dtype)
+    return lambda w, a, st, b, epoch: plain(w, a, st, b)
+  at = space.make_step_loss(False, compute_dtype)
+  return lambda w, a, st, b, epoch: at(StepContext(None, epoch, epochs)).loss(w, a, st, b)
+
+
+def _validation(eval_fn, state, epoch: int, feed, val_set, eval_batches: int
+                ) -> tuple[float, float, int]:
   """The original's ``infer``: eval-mode BN over the alpha half, in order, in whole batches.
   Returns (mean loss, accuracy, examples)."""
   batch = feed.batch_size
@@ -99,7 +127,7 @@ def _validation(eval_fn, state, feed, val_set, eval_batches: int) -> tuple[float
   for j in range(n):
     loss, hits = eval_fn(state.weights, state.alphas, state.batch_stats,
                          feed(np.arange(j * batch, (j + 1) * batch), val_set.images,
-                              val_set.labels))
+                              val_set.labels), np.int32(epoch))
     loss_sum, correct, seen = loss_sum + float(loss), correct + int(hits), seen + batch
   return loss_sum / max(seen, 1), correct / max(seen, 1), seen
 
@@ -114,6 +142,7 @@ class _Setup(NamedTuple):
   hp: search_lib.SearchHParams
   ex: run_config.Execution
   space: SearchSpace
+  method: str
 
 
 def _setup(cfg: Mapping, workdir: str, space_from_run: SpaceFromRun, method: str) -> _Setup:
@@ -139,7 +168,7 @@ def _setup(cfg: Mapping, workdir: str, space_from_run: SpaceFromRun, method: str
   hp = hparams_from_config(cfg, data_lib.steps_per_epoch(len(train_set.labels), batch))
   ex = run_config.execution(cfg)
   space = methods.build(method, cfg, space_from_run, full.num_classes, full.images.shape[-1])
-  return _Setup(cfg, dtype, full, train_set, val_set, hp, ex, space)
+  return _Setup(cfg, dtype, full, train_set, val_set, hp, ex, space, method)
 
 
 def _initial_state(s: _Setup):
@@ -162,14 +191,12 @@ def _epoch_loop(s: _Setup, workdir: str, state, shardings, log: Callable[[str], 
   mean, std = s.full.mean, s.full.std
   preprocess = lambda key, images: data_lib.augment(  # noqa: E731
       key, images, mean, std, cfg['crop_padding'], cfg['flip']).astype(s.dtype)
-  loss = space.make_loss(True, ex.compute_dtype)
-  if ex.batch_norm == 'per_device' and ex.mesh.size > 1:  # one device: the same as global
-    loss = parallel.per_device_batch_norm(loss, ex.mesh.size, ex.mesh)
-  eval_loss = space.make_loss(False, ex.compute_dtype)
+  loss = _search_loss(space, ex)
+  eval_loss = _evaluation_loss(space, ex.compute_dtype, hp.epochs)
   eval_fn = search_lib.jit_eval_step(
-      lambda w, a, st, b: eval_loss(
-          w, a, st, (data_lib.normalize(b[0], mean, std).astype(s.dtype), b[1])),
-      ex.mesh, shardings.weights)
+      lambda w, a, st, b, epoch: eval_loss(
+          w, a, st, (data_lib.normalize(b[0], mean, std).astype(s.dtype), b[1]), epoch),
+      ex.mesh, shardings.weights, extra_args=1)
   feed = parallel.BatchFeed(ex.mesh, batch)
   num_weights = num_params(state.weights)
 
@@ -181,7 +208,8 @@ def _epoch_loop(s: _Setup, workdir: str, state, shardings, log: Callable[[str], 
 
   def end_epoch(state, epoch, seconds):
     m = jax.device_get(state.metrics)
-    val_loss, val_acc, seen = _validation(eval_fn, state, feed, s.val_set, cfg['eval_batches'])
+    val_loss, val_acc, seen = _validation(eval_fn, state, epoch, feed, s.val_set,
+                                          cfg['eval_batches'])
     architecture = jax.device_get(state.alphas)
     genotype = space.genotype(architecture)
     if ex.main:
@@ -199,7 +227,8 @@ def _epoch_loop(s: _Setup, workdir: str, state, shardings, log: Callable[[str], 
 
   def intro(step):
     return [] if step else [
-        f'DARTS search: {cfg["dataset"]} {tuple(s.full.images.shape[1:3])}, '
+        f'{methods.get(s.method).summary}\n'
+        f'search: {cfg["dataset"]} {tuple(s.full.images.shape[1:3])}, '
         f'{len(s.train_set.labels)} + {len(s.val_set.labels)} examples, {hp.epochs} epochs '
         f'x {spe} steps, {ex.describe(batch)}, estimator {hp.estimator}, {space.summary}, '
         f'{num_weights:,} weights; w lr {hp.w_lr:g}, alpha lr {hp.alpha_lr:g}']

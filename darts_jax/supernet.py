@@ -56,6 +56,9 @@ class SupernetConfig:
   # PC-DARTS's edge normalisation (its eq. 4): node i sums its edges weighted by a softmax of
   # per-edge betas over its own 2 + i edges; the betas join the architecture pytree
   edge_normalization: bool = False
+  # DARTS- (Chu et al., 2021): every mixed op adds beta * skip(x) outside the softmax, an
+  # identity (a FactorizedReduce of its own on strided edges); beta comes with the mixing
+  auxiliary_skip: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, 'primitives', tuple(self.primitives))
@@ -79,7 +82,7 @@ class SupernetConfig:
     if self.depthwise_impl not in kernels.DEPTHWISE_IMPLS:
       raise ValueError(f'depthwise_impl={self.depthwise_impl!r} is not one of '
                        f'{kernels.DEPTHWISE_IMPLS}')
-    for name in ('remat_cells', 'edge_normalization'):
+    for name in ('remat_cells', 'edge_normalization', 'auxiliary_skip'):
       if not isinstance(getattr(self, name), (bool, np.bool_)):
         raise ValueError(f'SupernetConfig.{name}={getattr(self, name)!r}: must be True or False')
     k = self.partial_channels
@@ -144,12 +147,20 @@ class MixedEdges(nn.Module):
   primitives: tuple[str, ...]
   ops: registry.OpRegistry
   impl: str
+  auxiliary_skip: bool = False
 
   @nn.compact
-  def __call__(self, x, mixing, train: bool):
-    """x: (B, H, W, n_edges*C); mixing: (n_edges, K), softmax(alpha) of these edges.
+  def __call__(self, x, mixing, train: bool, skip_beta=None):
+    """x: (B, H, W, n_edges*C); mixing: (n_edges, K), softmax(alpha) of these edges; skip_beta:
+    DARTS-'s coefficient of the auxiliary skip (with ``auxiliary_skip``).
     Returns (B, H', W', n_edges, C)."""
     out = None
+    if self.auxiliary_skip:  # DARTS-: beta * skip(x) beside eq. 2's sum, outside the softmax
+      aux = registry.make_op('skip_connect', self.c, self.stride, affine=False,
+                             n_edges=self.n_edges, search=True, impl=self.impl,
+                             module_name='auxiliary_skip')(x, train)
+      b, h, w, _ = aux.shape
+      out = aux.reshape(b, h, w, self.n_edges, self.c).astype(mixing.dtype) * skip_beta
     for k, name in enumerate(self.primitives):
       op = registry.make_op(name, self.c, self.stride, affine=False, n_edges=self.n_edges,
                             search=True, impl=self.impl, ops=self.ops, module_name=name)
@@ -191,10 +202,11 @@ class SearchCell(nn.Module):
   config: SupernetConfig
 
   @nn.compact
-  def __call__(self, s0, s1, mixing, edge_weights, train: bool):
+  def __call__(self, s0, s1, mixing, edge_weights, skip_beta, train: bool):
     """s0, s1: the outputs of the two previous cells; mixing: (E, K), softmax(alpha) of this
     cell type; edge_weights: (E,) PC-DARTS's normalised betas, or None (DARTS: every edge
-    weighs 1). Returns the last ``multiplier`` nodes concatenated on channels."""
+    weighs 1); skip_beta: DARTS-'s auxiliary skip coefficient or None. Returns the last
+    ``multiplier`` nodes concatenated on channels."""
     cfg, c = self.config, self.c
     if self.reduction_prev:
       s0 = modules.FactorizedReduce(self.c_prev_prev, c, False, name='preprocess0')(s0, train)
@@ -211,7 +223,7 @@ class SearchCell(nn.Module):
       stride = 2 if self.reduction and group.name == 'edges_01' else 1
       idx = np.array([e for e, _, _ in group.edges])
       y = MixedEdges(q, len(group.edges), stride, cfg.primitives, cfg.ops, cfg.depthwise_impl,
-                     name=group.name)(x, mixing[idx], train)
+                     cfg.auxiliary_skip, name=group.name)(x, mixing[idx], train, skip_beta)
       if k > 1:  # PC-DARTS eq. 2: the other channels bypass the op (max-pooled when it strides)
         bypass = jnp.stack([s[..., q:] for s in sources], axis=-2)
         bypass = _max_pool_2x2(bypass) if stride == 2 else bypass
@@ -286,21 +298,54 @@ def node_softmax(betas: jax.Array, nodes: int) -> jax.Array:
                           for i in range(nodes)])
 
 
-def _mixing(alphas, dtype, nodes: int):
-  """Per cell kind, (softmax(alpha) of eq. 2, PC-DARTS's edge weights or None), once per
-  forward: all cells of a kind share them. They and the mixed sums stay in the architecture's
-  precision (float32 under bf16)."""
-  wide = lambda a: jnp.asarray(a, jnp.promote_types(jnp.result_type(a), dtype))  # noqa: E731
+class CellMixing(NamedTuple):
+  """What the cells of one kind mix their edges with."""
+  ops: jax.Array  # (E, K): eq. 2's softmax(alpha), or a method's own (GDAS's one-hot sample)
+  edges: jax.Array | None = None  # (E,): PC-DARTS's normalised betas (eq. 4 there); None: 1
+  skip_beta: jax.Array | None = None  # DARTS-'s auxiliary skip coefficient (auxiliary_skip)
+
+
+def architecture_mixing(alphas, dtype, nodes: int, skip_beta=None) -> dict[str, CellMixing]:
+  """DARTS's mixing rule: per cell kind, softmax(alpha) of eq. 2 and PC-DARTS's edge weights
+  (None without betas), once per forward: all cells of a kind share them. They and the mixed
+  sums stay in the architecture's precision (float32 under bf16 compute ``dtype``). A search
+  method may replace this rule (``darts_jax.methods``: GDAS samples a one-hot, DrNAS a
+  Dirichlet; DARTS- adds its ``skip_beta``)."""
   out = {}
   for kind in ('normal', 'reduce'):
     betas = alphas.get(f'betas_{kind}')
-    out[kind] = (jax.nn.softmax(wide(alphas[kind]), axis=-1),
-                 None if betas is None else node_softmax(wide(betas), nodes))
+    out[kind] = CellMixing(jax.nn.softmax(widen(alphas[kind], dtype), axis=-1),
+                           None if betas is None else node_softmax(widen(betas, dtype), nodes),
+                           skip_beta)
   return out
 
 
-def _check_inputs(images, alphas, cfg):
-  check_alphas(alphas, cfg)
+def widen(a, dtype) -> jax.Array:
+  """``a`` in the wider of its own precision and ``dtype``: architecture quantities stay float32
+  under bf16 compute."""
+  return jnp.asarray(a, jnp.promote_types(jnp.result_type(a), dtype))
+
+
+def check_mixing(mixing: Any, config: SupernetConfig) -> None:
+  """A one-line ValueError unless ``mixing`` is ``{'normal': CellMixing, 'reduce': CellMixing}``
+  with ops of shape (E, K), edges None or (E,), and skip_beta given exactly when the supernet
+  has DARTS-'s auxiliary skip."""
+  e, k = config.alpha_shape
+  if not isinstance(mixing, Mapping) or set(mixing) != {'normal', 'reduce'}:
+    raise ValueError(f'mixing must be a dict with keys \'normal\' and \'reduce\', got '
+                     f'{sorted(mixing) if isinstance(mixing, Mapping) else type(mixing).__name__}')
+  for kind, m in mixing.items():
+    if (not isinstance(m, CellMixing) or np.shape(m.ops) != (e, k)
+        or (m.edges is not None and np.shape(m.edges) != (e,))):
+      raise ValueError(f'mixing[{kind!r}] must be a CellMixing with ops of shape {(e, k)} and '
+                       f'edges of shape {(e,)} or None')
+    if (m.skip_beta is None) == config.auxiliary_skip:
+      raise ValueError(f'mixing[{kind!r}].skip_beta is {m.skip_beta!r}: give it exactly when the '
+                       f'supernet has the auxiliary skip (auxiliary_skip={config.auxiliary_skip})')
+
+
+def _check_inputs(images, mixing, cfg):
+  check_mixing(mixing, cfg)
   check_image_size(images, len(cfg.reduction_layers), cfg.in_channels, what='search network')
 
 
@@ -309,13 +354,14 @@ class SearchNetwork(nn.Module):
   config: SupernetConfig
 
   @nn.compact
-  def __call__(self, images, alphas, train: bool = True):
+  def __call__(self, images, mixing, train: bool = True):
+    """``mixing``: a :class:`CellMixing` per cell kind, e.g. :func:`architecture_mixing` of the
+    alphas."""
     cfg = self.config
-    _check_inputs(images, alphas, cfg)
+    _check_inputs(images, mixing, cfg)
     c_stem = cfg.stem_multiplier * cfg.C
     x = modules.Conv(cfg.in_channels, c_stem, 3, padding=1, name='stem_conv')(images)
     s0 = s1 = modules.BatchNorm(c_stem, affine=True, name='stem_bn')(x, train)
-    mixing = _mixing(alphas, images.dtype, cfg.nodes)
     specs = cell_specs(cfg)
     for i, spec in enumerate(specs):
       cell = SearchCell(**spec, config=cfg, name=f'cell{i}')
@@ -336,10 +382,10 @@ def _pure(module: nn.Module, train: bool):
   return f
 
 
-def _apply_cellwise(cfg: SupernetConfig, weights, alphas, batch_stats, images, train: bool):
+def _apply_cellwise(cfg: SupernetConfig, weights, mixing, batch_stats, images, train: bool):
   """:class:`SearchNetwork`'s forward with each cell a pure function of its variables and
   inputs, recomputed in the backward pass (``remat_cells``). Returns (logits, new statistics)."""
-  _check_inputs(images, alphas, cfg)
+  _check_inputs(images, mixing, cfg)
   new_stats = {}
 
   def keep(name, stats):
@@ -353,7 +399,6 @@ def _apply_cellwise(cfg: SupernetConfig, weights, alphas, batch_stats, images, t
       weights.get('stem_bn', {}), batch_stats.get('stem_bn', {}), x)
   keep('stem_bn', stats)
   s0 = s1
-  mixing = _mixing(alphas, images.dtype, cfg.nodes)
   specs = cell_specs(cfg)
   for i, spec in enumerate(specs):
     name = f'cell{i}'
@@ -384,8 +429,9 @@ def _dummy_images(config: SupernetConfig, image_size: tuple[int, int], dtype):
 
 def _init_variables(key, config, image_size, dtype) -> SupernetVariables:
   model = SearchNetwork(config)
-  alphas = init_alphas(jax.random.PRNGKey(0), config, dtype)
-  variables = model.init(key, _dummy_images(config, image_size, dtype), alphas, False)
+  mixing = architecture_mixing(init_alphas(jax.random.PRNGKey(0), config, dtype), dtype,
+                               config.nodes, 1.0 if config.auxiliary_skip else None)
+  variables = model.init(key, _dummy_images(config, image_size, dtype), mixing, False)
   return SupernetVariables(variables['params'], variables.get('batch_stats', {}))
 
 
@@ -424,16 +470,29 @@ def init_alphas(key: jax.Array, config: SupernetConfig, dtype=jnp.float32,
 
 def make_apply(config: SupernetConfig):
   """``apply(weights, alphas, batch_stats, images, train) -> (logits, new_batch_stats)``."""
+  apply = make_mixing_apply(config)
+
+  def apply_alphas(weights, alphas, batch_stats, images, train: bool = True):
+    check_alphas(alphas, config)
+    return apply(weights, architecture_mixing(alphas, images.dtype, config.nodes), batch_stats,
+                 images, train)
+
+  return apply_alphas
+
+
+def make_mixing_apply(config: SupernetConfig):
+  """``apply(weights, mixing, batch_stats, images, train) -> (logits, new_batch_stats)``: the
+  supernet at given mixing weights (see :class:`SearchNetwork`)."""
   model = SearchNetwork(config)
 
-  def apply(weights, alphas, batch_stats, images, train: bool = True):
+  def apply(weights, mixing, batch_stats, images, train: bool = True):
     if config.remat_cells:
-      return _apply_cellwise(config, weights, alphas, batch_stats, images, train)
+      return _apply_cellwise(config, weights, mixing, batch_stats, images, train)
     variables = {'params': weights, 'batch_stats': batch_stats}
     if train:
-      logits, updates = model.apply(variables, images, alphas, True, mutable=['batch_stats'])
+      logits, updates = model.apply(variables, images, mixing, True, mutable=['batch_stats'])
       return logits, updates['batch_stats']
-    return model.apply(variables, images, alphas, False), batch_stats
+    return model.apply(variables, images, mixing, False), batch_stats
 
   return apply
 
@@ -450,16 +509,32 @@ def make_loss(config: SupernetConfig, train: bool = True, compute_dtype=None):
   the convolutions, while the weights given (the master copy), the alphas and their softmax, the
   BN statistics and the loss stay in their own precision (float32).
   """
-  apply = make_apply(config)
-  losses.cast_floating(None, compute_dtype)  # a bad dtype fails here, not inside a trace
+  mixing_loss = make_mixing_loss(config, train, compute_dtype)
 
   def loss(weights, alphas, batch_stats, batch):
+    check_alphas(alphas, config)
+    # the precision the images are computed in, as the network sees them
+    compute = jnp.result_type(batch[0]) if compute_dtype is None else jnp.dtype(compute_dtype)
+    return mixing_loss(weights, architecture_mixing(alphas, compute, config.nodes), batch_stats,
+                       batch)
+
+  return loss
+
+
+def make_mixing_loss(config: SupernetConfig, train: bool = True, compute_dtype=None):
+  """:func:`make_loss` as a function of the mixing weights instead of the alphas:
+  ``loss(weights, mixing, batch_stats, batch)``, ``mixing`` as :func:`architecture_mixing` makes
+  it. The seam where a search method puts its own mixing rule."""
+  apply = make_mixing_apply(config)
+  losses.cast_floating(None, compute_dtype)  # a bad dtype fails here, not inside a trace
+
+  def loss(weights, mixing, batch_stats, batch):
     images, labels = batch
     if (np.ndim(labels) != 1 or np.shape(labels)[0] != np.shape(images)[0]
         or not jnp.issubdtype(jnp.result_type(labels), jnp.integer)):
       raise ValueError(f'labels must be integer class indices of shape ({np.shape(images)[0]},), '
                        f'got shape {np.shape(labels)} and dtype {jnp.result_type(labels)}')
-    logits, new_stats = apply(losses.cast_floating(weights, compute_dtype), alphas, batch_stats,
+    logits, new_stats = apply(losses.cast_floating(weights, compute_dtype), mixing, batch_stats,
                               losses.cast_floating(images, compute_dtype), train)
     return losses.cross_entropy(logits, labels), LossAux(new_stats, logits)
 

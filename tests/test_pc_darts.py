@@ -66,9 +66,9 @@ def test_one_channel_group_with_edge_normalisation_is_darts_with_weighted_edges(
   mixing = jax.nn.softmax(jax.random.normal(jax.random.fold_in(key, 2), config.alpha_shape,
                                             jnp.float64))
   edge = node_softmax(jax.random.normal(jax.random.fold_in(key, 3), (14,), jnp.float64), 4)
-  variables = cell.init(key, s0, s1, mixing, edge, True)
-  pc, _ = cell.apply(variables, s0, s1, mixing, edge, True, mutable=['batch_stats'])
-  darts, _ = cell.apply(variables, s0, s1, mixing * edge[:, None], None, True,
+  variables = cell.init(key, s0, s1, mixing, edge, None, True)
+  pc, _ = cell.apply(variables, s0, s1, mixing, edge, None, True, mutable=['batch_stats'])
+  darts, _ = cell.apply(variables, s0, s1, mixing * edge[:, None], None, None, True,
                         mutable=['batch_stats'])
   np.testing.assert_allclose(pc, darts, rtol=1e-12, atol=1e-12)
 
@@ -84,8 +84,8 @@ def test_bypassed_channels_reach_the_cell_unchanged():
   s1 = jax.random.normal(jax.random.fold_in(key, 1), (2, 4, 4, spec['c_prev']))
   mixing = jnp.tile(jnp.array([[1.0, 0.0]]), (14, 1))  # all weight on 'none'
   edge = node_softmax(jax.random.normal(jax.random.fold_in(key, 3), (14,)), 4)
-  variables = cell.init(key, s0, s1, mixing, edge, True)
-  out, updates = cell.apply(variables, s0, s1, mixing, edge, True, mutable=['batch_stats'])
+  variables = cell.init(key, s0, s1, mixing, edge, None, True)
+  out, updates = cell.apply(variables, s0, s1, mixing, edge, None, True, mutable=['batch_stats'])
   # the preprocessed inputs, by the cell's own preprocessing parameters (ReLU, 1x1, BN)
   h = [modules.ReLUConvBN(s.shape[-1], spec['c'], False).apply(
       {'params': variables['params'][n], 'batch_stats': variables['batch_stats'][n]}, s, True,

@@ -78,6 +78,28 @@ def test_tiny_search_runs_and_resumes_bitwise(data_dir, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_a_stochastic_method_searches_on_a_mesh_in_bf16_and_resumes_bitwise(data_dir, tmp_path,
+                                                                              monkeypatch):
+  """GDAS (a Gumbel sample per step, tau annealed per epoch) runs the search from its config
+  key on a 2-device mesh in bf16; interrupted and resumed, it draws the same samples (from the
+  step's number) and ends bit for bit where an uninterrupted run does. (Every method with every
+  estimator: tests/test_variants.py.)"""
+  config = micro_config(data_dir, method='gdas', num_devices=2, compute_dtype='bfloat16')
+  full = run_search(config, str(tmp_path / 'full'), log=lambda s: None)
+  assert int(full.state.step) == 10 and int(full.state.nonfinite_step) == -1
+  first = {k: np.asarray(v) for k, v in full.state.alphas.items()}
+  assert all(np.any(v != 0) for v in first.values())
+  records = [json.loads(l) for l in open(tmp_path / 'full' / 'metrics.jsonl')]
+  assert all(np.isfinite(r['val_loss']) for r in records if r['kind'] == 'epoch')
+  interrupt_after(3, lambda: run_search(config, str(tmp_path / 'resumed'), log=lambda s: None),
+                  monkeypatch)
+  resumed = run_search(config, str(tmp_path / 'resumed'), log=lambda s: None)
+  for x, y in zip(leaves(full.state), leaves(resumed.state), strict=True):
+    np.testing.assert_array_equal(x, y)
+  assert resumed.genotype == full.genotype
+
+
+@pytest.mark.slow
 def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(data_dir,
                                                                                tmp_path):
   # a learning rate of 1e30 overflows the weight gradients within a few steps

@@ -12,6 +12,12 @@ space without):
   ``to_json`` and ``to_dict``, and ``genotype_from_dict`` reads the last back;
 - ``mixing(architecture)`` is what logs and plots show, ``draw`` the plots.
 
+A space whose network takes its mixing weights as an argument also gives
+``make_mixing_loss`` and its ``architecture_mixing`` rule: the seam where a search method
+(``darts_jax.methods``: GDAS, DrNAS, SDARTS, DARTS-) puts its own rule. A method whose loss
+depends on the step (a draw, an annealed temperature) sets ``make_step_loss``; the search step
+then binds it to its :class:`StepContext`.
+
 A reference file of the original code is checked by the space's :class:`ReferenceFormat`
 (``darts_jax.reference`` tells the format from the file's keys).
 
@@ -28,6 +34,21 @@ import jax
 import numpy as np
 
 Pytree = Any
+
+
+class StepContext(NamedTuple):
+  """What a search method's loss may depend on besides its arguments, fixed for one step."""
+  key: Any  # the step's draws (search.step_context); None: no draw, the method's deterministic
+  # network (evaluation)
+  epoch: Any  # the current epoch, from 0, for annealed settings (an integer array in a step)
+  epochs: int
+
+
+class StepLoss(NamedTuple):
+  """A step's losses: ``loss`` is what every estimator differentiates (and what the weight step
+  takes, unless ``weight_loss``: SDARTS perturbs the architecture in the weight step only)."""
+  loss: Callable
+  weight_loss: Callable | None = None
 
 
 class SearchSpace(NamedTuple):
@@ -47,6 +68,14 @@ class SearchSpace(NamedTuple):
   # (directory, epoch, genotype, history of `mixing`) -> pictures; ImportError without the
   # plotting packages
   draw: Callable[[str, int, Any, list], None]
+  # (train, compute_dtype) -> loss(weights, mixing, batch_stats, batch): the network at given
+  # mixing weights; None for a space without that seam
+  make_mixing_loss: Callable[..., Callable] | None = None
+  # (architecture, compute dtype) -> mixing: the space's own rule (DARTS: softmax(alpha))
+  architecture_mixing: Callable[[Pytree, Any], Any] | None = None
+  # (train, compute_dtype) -> (StepContext -> StepLoss) for a loss that depends on the step;
+  # None: make_loss serves every step
+  make_step_loss: Callable[..., Callable[[StepContext], StepLoss]] | None = None
 
 
 class ReferenceFormat(NamedTuple):

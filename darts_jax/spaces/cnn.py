@@ -25,8 +25,9 @@ from darts_jax import search as search_lib
 from darts_jax.genotypes import PRIMITIVES, Genotype, derive_genotype, parse_genotype
 from darts_jax.networks import NetworkCIFAR
 from darts_jax.spaces import ReferenceFormat, SearchSpace, verify_sections
-from darts_jax.supernet import (SupernetConfig, check_image_size, init_alphas, init_supernet,
-                                make_loss, node_softmax, supernet_shapes)
+from darts_jax.supernet import (SupernetConfig, architecture_mixing, check_image_size, init_alphas,
+                                init_supernet, make_loss, make_mixing_loss, node_softmax,
+                                supernet_shapes)
 
 NAME = 'darts_cnn'
 
@@ -61,7 +62,10 @@ def make_space(config: SupernetConfig) -> SearchSpace:
                                               config.multiplier),
       genotype_from_dict=Genotype.from_dict,
       mixing=functools.partial(_mixing, nodes=config.nodes),
-      draw=draw)
+      draw=draw,
+      make_mixing_loss=lambda train=True, compute_dtype=None: make_mixing_loss(
+          config, train, compute_dtype),
+      architecture_mixing=lambda alphas, dtype: architecture_mixing(alphas, dtype, config.nodes))
 
 
 def _mixing(alphas, nodes: int = 4) -> dict[str, np.ndarray]:
@@ -87,7 +91,8 @@ def config_from_run(cfg: Mapping, num_classes: int, in_channels: int) -> Superne
                         primitives=tuple(cfg.get('primitives') or ()) or PRIMITIVES,
                         remat_cells=bool(cfg.get('remat_cells', False)),
                         partial_channels=cfg.get('partial_channels', 1),
-                        edge_normalization=bool(cfg.get('edge_normalization', False)))
+                        edge_normalization=bool(cfg.get('edge_normalization', False)),
+                        auxiliary_skip=bool(cfg.get('auxiliary_skip', False)))
 
 
 def space_from_run(cfg: Mapping, num_classes: int, in_channels: int) -> SearchSpace:

@@ -8,8 +8,9 @@ Pick a preset after the file name and override any key on the command line:
 Presets: ``paper`` (the default: the paper's CIFAR-10 search), ``tiny`` (a CPU smoke test on
 CIFAR-10: 3 cells, C=4, 256 images, 2 epochs), ``demo`` (scikit-learn's bundled digits:
 real data, no download, a few minutes on 2 CPU cores) and ``pc_darts`` (PC-DARTS's CIFAR-10
-search, its train_search.py). Any preset searches as another member of the DARTS family with
-``--config.method=pc_darts``.
+search, its train_search.py), and one preset per member of the DARTS family with its paper's
+recipe: ``gdas``, ``drnas``, ``sdarts_rs``, ``sdarts_adv``, ``darts_minus``. Any preset searches
+as another member with ``--config.method=NAME`` (README "The DARTS family").
 """
 
 import ml_collections
@@ -18,7 +19,35 @@ from darts_jax.search import SearchHParams
 from darts_jax.supernet import SupernetConfig
 from experiments.configs.scale_out import add_scale_out_keys
 
-PRESETS = ('paper', 'tiny', 'demo', 'pc_darts')
+# the DARTS ops without 'none', as DrNAS's and SDARTS's DARTS spaces have them
+SEVEN_OPS = ('max_pool_3x3', 'avg_pool_3x3', 'skip_connect', 'sep_conv_3x3', 'sep_conv_5x5',
+             'dil_conv_3x3', 'dil_conv_5x5')
+# each family member's recipe, from its code's train_search.py (README "The DARTS family")
+RECIPES = {
+    # PC-DARTS (PCDARTS_README.md): K = 4, batch 256 for both halves, SGD 0.1 cosine to 0, Adam
+    # 6e-4, the first 15 of 50 epochs weights only, first order
+    'pc_darts': dict(method='pc_darts', partial_channels=4, batch_size=256, lr_base_batch=256,
+                     w_lr=0.1, w_lr_min=0.0, alpha_lr=6e-4, warmup_epochs=15,
+                     estimator='first_order'),
+    # GDAS's NASNet-space CIFAR search (AutoDL-Projects, GDAS-NASNet-CIFAR.config): 250 epochs,
+    # batch 256, SGD 0.025 cosine to 0.001 (theirs Nesterov), weight decay 5e-4, Adam 3e-4,
+    # first order; tau 10 -> 0.1
+    'gdas': dict(method='gdas', epochs=250, batch_size=256, lr_base_batch=256,
+                 w_weight_decay=5e-4, estimator='first_order'),
+    # DrNAS's DARTS-space train_search.py, its first stage for the whole search: 20 cells, C=36,
+    # K=6, 7 ops without none, batch 64, SGD 0.1 cosine to 0, Adam 6e-4 with the KL regulariser
+    # (no L2 then), 10 epochs of weights alone, first order
+    'drnas': dict(method='drnas', init_channels=36, layers=20, partial_channels=6,
+                  primitives=SEVEN_OPS, w_lr=0.1, w_lr_min=0.0, alpha_lr=6e-4,
+                  alpha_weight_decay=0.0, warmup_epochs=10, estimator='first_order'),
+    # SDARTS's sota/cnn/train_search.py in the DARTS space (its s5: 7 ops without none): the
+    # DARTS recipe, first order, eps 0.03 -> 0.3, 7 PGD steps
+    'sdarts_rs': dict(method='sdarts_rs', primitives=SEVEN_OPS, estimator='first_order'),
+    'sdarts_adv': dict(method='sdarts_adv', primitives=SEVEN_OPS, estimator='first_order'),
+    # DARTS-'s run_darts_minus.sh: the DARTS recipe, first order, the auxiliary skip from beta 1
+    'darts_minus': dict(method='darts_minus', estimator='first_order'),
+}
+PRESETS = ('paper', 'tiny', 'demo') + tuple(RECIPES)
 
 
 def get_config(preset: str = 'paper') -> ml_collections.ConfigDict:
@@ -43,10 +72,17 @@ def get_config(preset: str = 'paper') -> ml_collections.ConfigDict:
 
   add_scale_out_keys(c, base_batch=64)  # devices, hosts, BN semantics, bf16, lr scaling
 
-  # the member of the DARTS family (darts_jax.methods): darts, pc_darts (the pc_darts preset
-  # is its paper's recipe)
+  # the member of the DARTS family (darts_jax.methods): darts, pc_darts, gdas, drnas,
+  # sdarts_rs, sdarts_adv, darts_minus (the preset of each name is its paper's recipe)
   c.method = 'darts'
-  c.partial_channels = 4  # PC-DARTS's K (method pc_darts): 1/K of the channels in each op
+  # PC-DARTS's K (methods pc_darts and drnas): 1/K of the channels in each op
+  c.partial_channels = 4
+  c.gdas_tau_max = 10.0  # GDAS's Gumbel-softmax temperature, linear from max to min
+  c.gdas_tau_min = 0.1
+  c.drnas_kl_scale = 1e-3  # DrNAS's weight of KL(Dir(elu(alpha) + 1) || Dir(1))
+  c.sdarts_epsilon = 0.3  # SDARTS's final perturbation radius (linear from 0.03)
+  c.sdarts_pgd_steps = 7  # SDARTS-ADV's attack steps
+  c.darts_minus_beta = 1.0  # DARTS-'s initial auxiliary skip coefficient (linear to 0)
 
   # supernet (the paper's search network: 8 cells, C=16, 4 intermediate nodes per cell)
   c.init_channels = net.C
@@ -101,18 +137,8 @@ def get_config(preset: str = 'paper') -> ml_collections.ConfigDict:
   c.tensorboard = True
   c.progress = True
 
-  if preset == 'pc_darts':
-    # PC-DARTS's train_search.py (PCDARTS_README.md): K = 4, batch 256 for both halves, SGD
-    # 0.1 cosine to 0, Adam 6e-4, the first 15 of 50 epochs weights only, first order
-    c.method = 'pc_darts'
-    c.partial_channels = 4
-    c.batch_size = 256
-    c.lr_base_batch = 256  # its learning rates are for batch 256
-    c.w_lr = 0.1
-    c.w_lr_min = 0.0
-    c.alpha_lr = 6e-4
-    c.warmup_epochs = 15
-    c.estimator = 'first_order'
+  if preset in RECIPES:  # a member of the DARTS family, its paper's search
+    c.update(RECIPES[preset])
   elif preset == 'tiny':
     c.remat_cells = False  # small enough; compiles faster without
     c.max_examples = 256
