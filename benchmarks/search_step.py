@@ -65,12 +65,11 @@ def measure(preset: str, row: str, steps: int, depthwise_impl: str = 'auto',
                    jnp.asarray(rng.integers(0, 10, p['batch']), jnp.int32))
   train, val = batch(), batch()
   dtype = None if compute_dtype == 'float32' else compute_dtype
-  loss = (space.make_loss(True, dtype) if space.make_step_loss is None
-          else S.Stepped(space.make_step_loss(True, dtype)))  # a method's per-step draws
+  loss = S.search_loss(space, dtype)  # a method's own: per-step draws
   if row == 'weight_step':
     def weight_only(state, train):
       losses = S.losses_at(hp, loss, state)
-      weights, w_opt_state, *_ = S.weight_step(hp, losses.weight_loss or losses.loss,
+      weights, w_opt_state, *_ = S.weight_step(hp, losses.for_weights,
                                                state.weights, state.alphas, state.batch_stats,
                                                state.w_opt_state, train)
       return state._replace(weights=weights, w_opt_state=w_opt_state)

@@ -333,7 +333,7 @@ def derive_genotype_by_pairs(alphas: Mapping[str, Any], primitives: Sequence[str
   """GDAS's genotype of ``alphas`` (not softmaxed): per node the 2 strongest (op, input) pairs of
   ``softmax(alpha)`` (:func:`_parse_cell_by_pairs`), instead of the original's 2 strongest
   edges."""
-  derive_genotype(alphas, primitives, nodes, multiplier)  # the same checks of the input
+  _check_rule_input(alphas, primitives, nodes)
   mixing = mixing_weights({kind: alphas[kind] for kind in ('normal', 'reduce')})
   cells = {kind: _parse_cell_by_pairs(m, primitives, nodes) for kind, m in mixing.items()}
   concat = list(range(2 + nodes - multiplier, nodes + 2))
@@ -349,13 +349,9 @@ def node_softmax_np(betas: Any, nodes: int) -> np.ndarray:
                          for i in range(nodes)])
 
 
-def derive_genotype(alphas: Mapping[str, Any], primitives: Sequence[str] = PRIMITIVES,
-                    nodes: int = 4, multiplier: int = 4) -> Genotype:
-  """The discrete genotype of ``alphas = {'normal': (E, K), 'reduce': (E, K)}`` (not softmaxed):
-  the original's rule on :func:`mixing_weights` of them. With PC-DARTS's betas in the mapping
-  (``'betas_normal', 'betas_reduce'``, (E,)), the rule ranks ``softmax(alpha)[e, k] *
-  node_softmax(beta)[e]`` instead, as PC-DARTS's ``genotype()`` does: the betas choose the edges
-  (a positive factor per edge never changes which op wins on it)."""
+def _check_rule_input(alphas: Any, primitives: Sequence[str], nodes: int) -> None:
+  """One-line ValueErrors for what a genotype rule cannot read: not a mapping, a missing cell
+  kind, wrong shapes, ops that are all none."""
   shape = (num_edges(nodes), len(primitives))
   if not isinstance(alphas, Mapping):
     raise ValueError(f"alphas must be a dict with keys 'normal' and 'reduce', got "
@@ -372,6 +368,16 @@ def derive_genotype(alphas: Mapping[str, Any], primitives: Sequence[str] = PRIMI
     if betas is not None and np.shape(betas) != shape[:1]:
       raise ValueError(f'alphas[\'betas_{kind}\'] has shape {np.shape(betas)}; expected '
                        f'{shape[:1]} (one per edge)')
+
+
+def derive_genotype(alphas: Mapping[str, Any], primitives: Sequence[str] = PRIMITIVES,
+                    nodes: int = 4, multiplier: int = 4) -> Genotype:
+  """The discrete genotype of ``alphas = {'normal': (E, K), 'reduce': (E, K)}`` (not softmaxed):
+  the original's rule on :func:`mixing_weights` of them. With PC-DARTS's betas in the mapping
+  (``'betas_normal', 'betas_reduce'``, (E,)), the rule ranks ``softmax(alpha)[e, k] *
+  node_softmax(beta)[e]`` instead, as PC-DARTS's ``genotype()`` does: the betas choose the edges
+  (a positive factor per edge never changes which op wins on it)."""
+  _check_rule_input(alphas, primitives, nodes)
   mixing = mixing_weights({kind: alphas[kind] for kind in ('normal', 'reduce')})
   for kind in ('normal', 'reduce'):
     if f'betas_{kind}' in alphas:

@@ -16,6 +16,11 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 COMPUTE_DTYPES = ('bfloat16',)
 
 
+def computed_in(dtype, images) -> jnp.dtype:
+  """The precision ``images`` are computed in under compute ``dtype`` (None or '': their own)."""
+  return jnp.dtype(dtype) if dtype else jnp.result_type(images)
+
+
 def cast_floating(tree, dtype):
   """Every floating leaf of ``tree`` in ``dtype`` (None: unchanged). The cast is inside the
   differentiated function, so gradients arrive in the leaves' own (master) precision."""

@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from darts_jax import variants
+from darts_jax import losses, variants
 from darts_jax.genotypes import derive_genotype_by_pairs
 from darts_jax.spaces import SearchSpace, StepContext, StepLoss
 
@@ -73,11 +73,11 @@ def _mixing_seam(space: SearchSpace, method: str) -> tuple[Callable, Callable]:
   return space.make_mixing_loss, space.architecture_mixing
 
 
-def _with_rule(space: SearchSpace, method: str,
-               rule: Callable[[Any, Any, StepContext], Any]) -> SearchSpace:
-  """``space`` whose loss mixes by ``rule(architecture, the space's own mixing, context)``; the
-  space's plain ``make_loss`` becomes the method's deterministic network (no draw, first
-  epoch)."""
+def _with_rule(space: SearchSpace, method: str, rule: Callable[[Any, Any, StepContext], Any],
+               penalty: Callable[[Any], Any] | None = None) -> SearchSpace:
+  """``space`` whose loss mixes by ``rule(architecture, the space's own mixing, context)``, plus
+  ``penalty(architecture)`` when given; the space's plain ``make_loss`` becomes the method's
+  deterministic network (no draw, first epoch)."""
   make_mixing_loss, own_mixing = _mixing_seam(space, method)
 
   def make_step_loss(train=True, compute_dtype=None):
@@ -85,9 +85,12 @@ def _with_rule(space: SearchSpace, method: str,
 
     def at(context: StepContext) -> StepLoss:
       def loss(weights, architecture, batch_stats, batch):
-        dtype = jnp.dtype(compute_dtype) if compute_dtype else jnp.result_type(batch[0])
-        mixing = rule(architecture, own_mixing(architecture, dtype), context)
-        return mixing_loss(weights, mixing, batch_stats, batch)
+        mixing = rule(architecture, own_mixing(
+            architecture, losses.computed_in(compute_dtype, batch[0])), context)
+        value, aux = mixing_loss(weights, mixing, batch_stats, batch)
+        if penalty is None:
+          return value, aux
+        return value + penalty(architecture).astype(value.dtype), aux
       return StepLoss(loss)
     return at
 
@@ -153,34 +156,17 @@ def _drnas(space: SearchSpace, cfg: Mapping[str, Any]) -> SearchSpace:
       return jax.random.dirichlet(_kind_key(context.key, kind), c, dtype=c.dtype)
     return _per_kind(mixing, sample)
 
-  def kl(alphas):  # DrNAS's regulariser: sum over edges of KL(Dir(c) || Dir(1))
+  def kl(alphas):  # DrNAS's regulariser: sum over edges of KL(Dir(c) || Dir(1)). Added to
+    # both halves' loss: it does not depend on w, so the weight gradient and every estimator's
+    # second-order term are those of the data loss alone
     return kl_scale * sum(jnp.sum(variants.dirichlet_kl(variants.dirichlet_concentration(
         alphas[kind]))) for kind in ('normal', 'reduce'))
-
-  searched = _with_rule(space, 'drnas', rule)
-
-  def make_step_loss(train=True, compute_dtype=None):
-    at = searched.make_step_loss(train, compute_dtype)
-
-    def at_with_kl(context):
-      sampled = at(context).loss
-
-      def loss(weights, alphas, batch_stats, batch):
-        # added to both halves' loss: it does not depend on w, so the weight gradient and every
-        # estimator's second-order term are those of the data loss alone
-        value, aux = sampled(weights, alphas, batch_stats, batch)
-        return value + kl(alphas).astype(value.dtype), aux
-      return StepLoss(loss)
-    return at_with_kl
 
   def log_concentration(alphas):  # softmax(log c) = c / sum(c), the Dirichlet's mean
     return jax.device_get({k: jnp.log(variants.dirichlet_concentration(jnp.asarray(v)))
                            for k, v in alphas.items()})
 
-  return searched._replace(
-      make_step_loss=make_step_loss,
-      make_loss=lambda train=True, compute_dtype=None: make_step_loss(train, compute_dtype)(
-          StepContext(None, 0, 1)).loss,
+  return _with_rule(space, 'drnas', rule, kl)._replace(
       # the genotype rule and the logs read the concentration's mean instead of softmax(alpha)
       genotype=lambda alphas: space.genotype(log_concentration(alphas)),
       mixing=lambda alphas: space.mixing(log_concentration(alphas)))
@@ -215,8 +201,7 @@ def _sdarts(adversarial: bool):
         eps = variants.sdarts_epsilon(context.epoch, context.epochs, epsilon)
 
         def weight_loss(weights, alphas, batch_stats, batch):
-          dtype = jnp.dtype(compute_dtype) if compute_dtype else jnp.result_type(batch[0])
-          mixing = own_mixing(alphas, dtype)
+          mixing = own_mixing(alphas, losses.computed_in(compute_dtype, batch[0]))
           ops = jax.lax.stop_gradient({k: m.ops for k, m in mixing.items()})
           if adversarial:
             frozen = jax.lax.stop_gradient(weights)

@@ -28,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from darts_jax import gradient_loop
 from darts_jax import hypergradient as hg
 from darts_jax.optim import clip_by_global_norm_torch, cosine_per_epoch, epoch_sums, keep_if_finite
-from darts_jax.spaces import StepContext, StepLoss
+from darts_jax.spaces import SearchSpace, StepContext, StepLoss
 
 Pytree = Any
 Batch = tuple[jax.Array, jax.Array]  # (images NHWC, integer labels)
@@ -195,6 +195,21 @@ def step_context(hp: SearchHParams, rng: jax.Array, step) -> StepContext:
   return StepContext(key, jnp.asarray(step) // hp.steps_per_epoch, hp.epochs)
 
 
+def search_loss(space: SearchSpace, compute_dtype=None,
+                wrap: Callable[[Callable], Callable] = lambda f: f) -> 'Callable | Stepped':
+  """What :func:`search_step` takes for ``space``: its training loss, or a method's
+  :class:`Stepped` one; ``wrap`` applies to each loss the step uses (per-device BatchNorm)."""
+  if space.make_step_loss is None:
+    return wrap(space.make_loss(True, compute_dtype))
+  at = space.make_step_loss(True, compute_dtype)
+
+  def wrapped(context):
+    losses = at(context)
+    return losses._replace(loss=wrap(losses.loss),
+                           weight_loss=losses.weight_loss and wrap(losses.weight_loss))
+  return Stepped(wrapped)
+
+
 def losses_at(hp: SearchHParams, loss: 'Callable | Stepped', state: SearchState) -> StepLoss:
   """The step's losses: a plain loss serves both halves; a :class:`Stepped` one is bound to
   the step's context."""
@@ -250,7 +265,7 @@ def _inline_halves(hp, losses: StepLoss, state: SearchState, train, val) -> _Hal
   g_alpha, aux = alpha_gradient(hp, losses.loss, state, train, val)
   alphas, alpha_opt_state = _alpha_step(hp, state.alphas, state.alpha_opt_state, g_alpha)
   weights, w_opt_state, train_loss, loss_aux, g_w = weight_step(
-      hp, losses.weight_loss or losses.loss, state.weights, alphas, state.batch_stats,
+      hp, losses.for_weights, state.weights, alphas, state.batch_stats,
       state.w_opt_state, train)
   return _Halves(g_alpha, aux, alphas, alpha_opt_state, weights, w_opt_state, train_loss,
                  loss_aux, g_w)
@@ -344,7 +359,7 @@ def warmup_step(hp: SearchHParams, loss: 'Callable | Stepped', state: SearchStat
     train = (preprocess(k_train, train[0]), train[1])
   losses = losses_at(hp, loss, state)
   weights, w_opt_state, train_loss, loss_aux, g_w = weight_step(
-      hp, losses.weight_loss or losses.loss, state.weights, state.alphas, state.batch_stats,
+      hp, losses.for_weights, state.weights, state.alphas, state.batch_stats,
       state.w_opt_state, train)
   labels = train[1]
   correct = jnp.sum(jnp.argmax(loss_aux.logits, -1) == labels).astype(jnp.int32)

@@ -90,20 +90,12 @@ def _epoch_report(r: Mapping, choices) -> str:
 
 
 def _search_loss(space: SearchSpace, ex: run_config.Execution):
-  """The search step's loss: the space's, or a method's stepped one (``search.Stepped``);
-  per-device BatchNorm wraps each loss the step uses."""
-  wrap = lambda f: f  # noqa: E731
+  """The search step's loss (``search.search_loss``), per-device BatchNorm around each loss the
+  step uses when the run asks for it."""
   if ex.batch_norm == 'per_device' and ex.mesh.size > 1:  # one device: the same as global
-    wrap = lambda f: parallel.per_device_batch_norm(f, ex.mesh.size, ex.mesh)  # noqa: E731
-  if space.make_step_loss is None:
-    return wrap(space.make_loss(True, ex.compute_dtype))
-  at = space.make_step_loss(True, ex.compute_dtype)
-
-  def wrapped(context):
-    losses = at(context)
-    return losses._replace(loss=wrap(losses.loss),
-                           weight_loss=losses.weight_loss and wrap(losses.weight_loss))
-  return search_lib.Stepped(wrapped)
+    return search_lib.search_loss(space, ex.compute_dtype, lambda f: parallel.per_device_batch_norm(
+        f, ex.mesh.size, ex.mesh))
+  return search_lib.search_loss(space, ex.compute_dtype)
 
 
 def _evaluation_loss(space: SearchSpace, compute_dtype, epochs: int):

@@ -513,10 +513,8 @@ def make_loss(config: SupernetConfig, train: bool = True, compute_dtype=None):
 
   def loss(weights, alphas, batch_stats, batch):
     check_alphas(alphas, config)
-    # the precision the images are computed in, as the network sees them
-    compute = jnp.result_type(batch[0]) if compute_dtype is None else jnp.dtype(compute_dtype)
-    return mixing_loss(weights, architecture_mixing(alphas, compute, config.nodes), batch_stats,
-                       batch)
+    return mixing_loss(weights, architecture_mixing(
+        alphas, losses.computed_in(compute_dtype, batch[0]), config.nodes), batch_stats, batch)
 
   return loss
 

@@ -50,6 +50,11 @@ class StepLoss(NamedTuple):
   loss: Callable
   weight_loss: Callable | None = None
 
+  @property
+  def for_weights(self) -> Callable:
+    """The loss the weight step differentiates."""
+    return self.weight_loss or self.loss
+
 
 class SearchSpace(NamedTuple):
   """What a search run needs from a search space (see the module docstring)."""
