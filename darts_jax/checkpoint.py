@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -22,6 +22,10 @@ import numpy as np
 # state (the training state's network weights were called ``params`` until the names were
 # unified: ``weights`` everywhere)
 RENAMED_PREFIXES = (('params.', 'weights.'),)
+# entries later code added to a state: a checkpoint written before them restores them at the
+# fresh state's value (the search's epoch sums of the hypergradient's first- and second-order
+# norms, for the health report; 0 at an epoch's start)
+ADDED_ENTRIES = ('metrics.direct_norm', 'metrics.indirect_norm')
 
 
 def _stored_name(name: str, stored: set[str]) -> str:
@@ -78,11 +82,16 @@ def unflatten_named(named: Mapping[str, Any], like):
 class Checkpoints:
   """Numbered checkpoints of one state pytree in ``directory`` (orbax ``CheckpointManager``)."""
 
-  def __init__(self, directory: str, max_to_keep: int = 2):
+  def __init__(self, directory: str, max_to_keep: int = 2,
+               keep: Callable[[int], bool] | None = None):
+    """``max_to_keep`` latest checkpoints, and besides them every step ``keep`` picks (the
+    epoch ends a DARTS-ADA rewind may return to)."""
     import orbax.checkpoint as ocp  # imported here: orbax is slow to import
     self._ocp = ocp
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                           enable_async_checkpointing=False)
+    self._keep = keep
+    options = ocp.CheckpointManagerOptions(max_to_keep=None if keep else max_to_keep,
+                                           create=True, enable_async_checkpointing=False)
+    self._max_to_keep = max_to_keep
     # handlers named up front, so that reading an item's metadata needs no guessing (orbax
     # otherwise warns that it cannot restore items it has no handler for)
     self.manager = ocp.CheckpointManager(
@@ -103,6 +112,18 @@ class Checkpoints:
       args['metadata'] = self._ocp.args.JsonSave(dict(metadata))
     self.manager.save(step, args=self._ocp.args.Composite(**args), force=True)
     self.manager.wait_until_finished()
+    if self._keep is not None:  # orbax keeps all; drop the older ones `keep` does not pick
+      unpicked = [s for s in self.steps() if not self._keep(s)]
+      for old in unpicked[:-self._max_to_keep] if self._max_to_keep else unpicked:
+        if old != step:
+          self.delete(old)
+
+  def steps(self) -> list[int]:
+    """The steps that have a checkpoint, ascending."""
+    return sorted(self.manager.all_steps())
+
+  def delete(self, step: int) -> None:
+    self.manager.delete(step)
 
   def restore(self, like, step: int | None = None):
     """Restores into ``like``'s structure: onto ``like``'s devices and shardings where its
@@ -117,11 +138,14 @@ class Checkpoints:
     stored = set(stored_meta)
     names = {k: _stored_name(k, stored) for k in like_named}
     # a checkpoint of another run fails here, by entry name, not deep inside orbax
-    missing = sorted(k for k in like_named if names[k] not in stored)
+    added = {k for k in like_named if names[k] not in stored and k in ADDED_ENTRIES}
+    missing = sorted(k for k in like_named if names[k] not in stored and k not in added)
     extra = sorted(stored - set(names.values()))
     if missing or extra:
       raise ValueError(f'checkpoint does not fit this run: missing {missing[:3]}, unexpected '
                        f'{extra[:3]} (of {len(missing)} / {len(extra)})')
+    fresh = {k: like_named[k] for k in added}
+    like_named = {k: v for k, v in like_named.items() if k not in added}
     for k, v in like_named.items():
       shape = tuple(stored_meta[names[k]].shape)
       if shape != tuple(np.shape(v)):
@@ -134,7 +158,7 @@ class Checkpoints:
     restored, metadata = self._restore(step, abstract)
     named = {k: restored[names[k]] if on_device[k] else np.asarray(restored[names[k]])
              for k in like_named}
-    return unflatten_named(named, like), metadata
+    return unflatten_named({**named, **fresh}, like), metadata
 
   def read(self, step: int | None = None) -> dict[str, np.ndarray]:
     """Every entry of a checkpoint by name, as numpy, whatever devices and processes wrote it

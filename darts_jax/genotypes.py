@@ -25,6 +25,9 @@ PRIMITIVES: tuple[str, ...] = (
     'dil_conv_3x3',
     'dil_conv_5x5',
 )
+# the ops without parameters of their own: a collapsed search fills its cells with them
+# (RobustDARTS), the count the health report watches
+PARAMETER_FREE: tuple[str, ...] = ('none', 'max_pool_3x3', 'avg_pool_3x3', 'skip_connect')
 
 _FIELDS = ('normal', 'normal_concat', 'reduce', 'reduce_concat')
 

@@ -62,6 +62,10 @@ BEFORE_SCALE_OUT = {'batch_norm': 'global', 'shard_weights': False, 'compute_dty
 BEFORE_METHODS = {'method': 'darts', 'partial_channels': 4, 'warmup_epochs': 0,
                   'gdas_tau_max': 10.0, 'gdas_tau_min': 0.1, 'drnas_kl_scale': 1e-3,
                   'sdarts_epsilon': 0.3, 'sdarts_pgd_steps': 7, 'darts_minus_beta': 1.0}
+# what a search started before the health report's keys existed did (no Hessian, no early stop)
+BEFORE_HEALTH = {'hessian_every': 0, 'hessian_batch': 64, 'hessian_lanczos_steps': 0,
+                 'early_stop': 'none', 'es_window': 5, 'es_delta': 4, 'es_factor': 1.3,
+                 'es_start_epoch': 10}
 # every config key the scale-out added (experiments/configs/scale_out.py, num_devices aside)
 SCALE_OUT_KEYS = tuple(BEFORE_SCALE_OUT) + ('lr_base_batch',) + PROCESS_KEYS
 # config keys an earlier version called otherwise (old -> new): its runs still resume
@@ -129,7 +133,8 @@ def check_workdir(workdir: str, cfg: Mapping, may_differ: tuple[str, ...], main:
   if cfg['lr_scaling'] == 'none':
     may_differ += ('lr_base_batch',)  # unused then
   # what an older run's config lacks means these values, for the keys this kind of run has
-  absent_means = {k: v for k, v in {**BEFORE_SCALE_OUT, **BEFORE_METHODS}.items() if k in cfg}
+  absent_means = {k: v for k, v in {**BEFORE_SCALE_OUT, **BEFORE_METHODS,
+                                     **BEFORE_HEALTH}.items() if k in cfg}
   check = lambda write: ckpt_lib.check_run_config(  # noqa: E731
       workdir, cfg, may_differ, write, absent_means=absent_means, renamed=RENAMED_KEYS)
   resumed = check(True) if main else False

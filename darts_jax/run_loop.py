@@ -68,6 +68,27 @@ class EpochLoop(NamedTuple):
   warmup_epochs: int = 0
   warmup_step: Callable | None = None
   warmup_what: str = 'the warm-up step'
+  # (record, records so far) -> the record with what the run decides on its history (an early
+  # stop), before the record is written
+  decide: Callable[[Record, list[Record]], Record] = lambda record, records: record
+  # records so far -> whether the run is over before its last epoch (an early stop); asked
+  # after each epoch's checkpoint and when a run resumes
+  finished: Callable[[list[Record]], bool] = lambda records: False
+  # (record, records so far) -> a Rewind, or None: the run returns to an earlier epoch's end
+  # (DARTS-ADA); asked after the epoch's checkpoint
+  rewind: Callable[[Record, list[Record]], 'Rewind | None'] = lambda record, records: None
+  # the epoch-end checkpoints a rewind may return to are kept: every one (with rewind set)
+  keep_epoch_checkpoints: bool = False
+
+
+class Rewind(NamedTuple):
+  """Return to the end of epoch ``epoch`` (1-based, as records count), change the state
+  restored from its checkpoint by ``change`` (a raised weight decay), and go on from there.
+  The later checkpoints and epoch records are dropped; ``note`` is written as a ``'rewind'``
+  record (it keeps what the run learnt on the abandoned epochs)."""
+  epoch: int
+  change: Callable[[Any], Any]
+  note: Record
 
 
 def progress(total: int, initial: int, desc: str, enabled: bool):
@@ -205,6 +226,25 @@ def compile_ahead(step_fn, args: tuple, what: str, log: Callable[[str], None]):
   return compiled
 
 
+def _rewind(rewind: Rewind, state, records: list[Record], checkpoints, writer, bounds: Epochs,
+            log: Callable[[str], None]):
+  """Carries out ``rewind``: the state of epoch ``rewind.epoch``'s checkpoint, changed, saved
+  in place of that checkpoint, every later checkpoint and record dropped. A crash half-way
+  resumes from an earlier checkpoint and, every step being a function of the state, reaches
+  the same rewind again."""
+  to_step = int(bounds.starts[rewind.epoch])
+  state, _ = checkpoints.restore(state, step=to_step)
+  state = rewind.change(state)
+  for step in checkpoints.steps():
+    if step >= to_step:
+      checkpoints.delete(step)
+  checkpoints.save(to_step, state, {'epoch': rewind.epoch})
+  writer.truncate_after(to_step)
+  writer.write({'kind': 'rewind', 'step': to_step, 'epoch': rewind.epoch, **rewind.note})
+  log(f'rewound to the end of epoch {rewind.epoch} (step {to_step})')
+  return state, [r for r in records if r['step'] <= to_step]
+
+
 def run_epochs(loop: EpochLoop, state, *, cfg: Mapping, workdir: str, epochs: int,
                steps_per_epoch: 'int | Sequence[int]', resumed: bool, main: bool,
                log: Callable[[str], None]) -> tuple[Any, list[Record]]:
@@ -216,8 +256,9 @@ def run_epochs(loop: EpochLoop, state, *, cfg: Mapping, workdir: str, epochs: in
   """
   bounds = Epochs.of(steps_per_epoch, epochs)
   total = bounds.total
-  checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, 'checkpoints'),
-                                     cfg['keep_checkpoints'])
+  checkpoints = ckpt_lib.Checkpoints(
+      os.path.join(workdir, 'checkpoints'), cfg['keep_checkpoints'],
+      keep=(lambda s: s in bounds.starts) if loop.keep_epoch_checkpoints else None)
   writer = MetricWriter(workdir, cfg['tensorboard'], enabled=main)
 
   def guard():
@@ -247,6 +288,9 @@ def run_epochs(loop: EpochLoop, state, *, cfg: Mapping, workdir: str, epochs: in
                                        loop.warmup_what if warm else loop.what, log)
       return compiled[warm]
 
+    if loop.finished(records):
+      log(f'{workdir} is complete: the run stopped early at step {step}')
+      step = total
     if step < total:  # the first program before the loop: a failed compile saves nothing
       epoch = bounds.epoch_of(step)
       step_for(epoch, (state, *loop.batches(epoch)(step - int(bounds.starts[epoch]))))
@@ -272,13 +316,20 @@ def run_epochs(loop: EpochLoop, state, *, cfg: Mapping, workdir: str, epochs: in
             save()
         bar.close()
         guard()
-        record = loop.end_epoch(state, epoch, time.perf_counter() - t0)
+        record = loop.decide(loop.end_epoch(state, epoch, time.perf_counter() - t0), records)
         writer.write(record, {k: record[k] for k in loop.scalars if k in record})
         log(loop.report(record))
         loop.after_epoch(state, record, records)
         state = loop.advance(state, record, records)
         records.append(record)
         save()
+        rewind = loop.rewind(record, records)
+        if rewind is not None:
+          state, records = _rewind(rewind, state, records, checkpoints, writer, bounds, log)
+          step = int(state.step)
+        elif loop.finished(records):
+          log(f'stopped early after epoch {epoch + 1} of {epochs}')
+          break
     except (KeyboardInterrupt, Exception) as e:
       on_stop(e, state, checkpoints, save, log)
       raise

@@ -66,6 +66,9 @@ class SearchHParams:
   # epochs of weight steps alone before the bilevel steps start (PC-DARTS: 15 of 50): the
   # search loop runs warmup_step in them; search_step itself is always the bilevel step
   warmup_epochs: int = 0
+  # the weights' decay as a value in the optimiser state instead of a constant of the program,
+  # so that a run can change it without recompiling (DARTS-ADA raises it on an early stop)
+  weight_decay_in_state: bool = False
 
   def __post_init__(self):
     warmup = self.warmup_epochs
@@ -98,6 +101,10 @@ class SearchMetrics(NamedTuple):
   train_examples: jax.Array
   val_loss: jax.Array  # L_val where the alpha gradient was taken (w' for second order)
   hypergrad_norm: jax.Array
+  # ||grad_alpha L_val|| and ||hypergradient - that||: the first- and second-order parts'
+  # norms (the health report's second-order share)
+  direct_norm: jax.Array
+  indirect_norm: jax.Array
 
 
 class SearchState(NamedTuple):
@@ -124,8 +131,28 @@ def weight_lr_schedule(hp: SearchHParams) -> optax.Schedule:
 def weight_inner_optimizer(hp: SearchHParams) -> optax.GradientTransformation:
   """The weight optimiser without clipping: SGD, momentum, L2 weight decay. It is both the
   second half of the real weight step and the virtual step of eq. (6)."""
-  return optax.chain(optax.add_decayed_weights(hp.w_weight_decay),
-                     optax.sgd(weight_lr_schedule(hp), momentum=hp.w_momentum))
+  decay = (optax.inject_hyperparams(optax.add_decayed_weights)(weight_decay=hp.w_weight_decay)
+           if hp.weight_decay_in_state else optax.add_decayed_weights(hp.w_weight_decay))
+  return optax.chain(decay, optax.sgd(weight_lr_schedule(hp), momentum=hp.w_momentum))
+
+
+def weight_decay(hp: SearchHParams, state: 'SearchState') -> float:
+  """The weight decay the state's next step applies to the weights."""
+  if not hp.weight_decay_in_state:
+    return hp.w_weight_decay
+  return float(state.w_opt_state[1][0].hyperparams['weight_decay'])
+
+
+def with_weight_decay(hp: SearchHParams, state: 'SearchState', value: float) -> 'SearchState':
+  """The state with another weight decay for its next steps (and their virtual steps)."""
+  if not hp.weight_decay_in_state:
+    raise ValueError('the weight decay is a constant of this search (weight_decay_in_state '
+                     'is off)')
+  clip, (decay, sgd) = state.w_opt_state
+  old = decay.hyperparams['weight_decay']
+  decay = decay._replace(hyperparams={**decay.hyperparams, 'weight_decay': jax.device_put(
+      jnp.asarray(value, old.dtype), old.sharding)})
+  return state._replace(w_opt_state=(clip, (decay, sgd)))
 
 
 def weight_optimizer(hp: SearchHParams) -> optax.GradientTransformation:
@@ -152,7 +179,7 @@ def hypergradient_estimator(hp: SearchHParams) -> hg.Estimator:
 def _zero_metrics(dtype) -> SearchMetrics:
   # distinct arrays: the state is donated, and one buffer may not be donated twice
   return SearchMetrics(*(jnp.zeros((), t) for t in (jnp.int32, dtype, jnp.int32, jnp.int32,
-                                                     dtype, dtype)))
+                                                     dtype, dtype, dtype, dtype)))
 
 
 def init_search_state(hp: SearchHParams, weights: Pytree, alphas: Pytree, batch_stats: Pytree,
@@ -314,11 +341,13 @@ def _new_state(hp: SearchHParams, state: SearchState, train: Batch, h: _Halves
   correct = jnp.sum(jnp.argmax(h.loss_aux.logits, -1) == labels).astype(jnp.int32)
   hypergrad_norm = hg.tree_norm(h.g_alpha)
   previous = epoch_sums(state.metrics, state.step, hp.steps_per_epoch)
+  add = lambda total, x: total + jnp.asarray(x).astype(total.dtype)  # noqa: E731
   metrics = SearchMetrics(
-      previous.steps + 1, previous.train_loss + h.train_loss.astype(previous.train_loss.dtype),
+      previous.steps + 1, add(previous.train_loss, h.train_loss),
       previous.train_correct + correct, previous.train_examples + labels.shape[0],
-      previous.val_loss + h.aux.val_loss.astype(previous.val_loss.dtype),
-      previous.hypergrad_norm + hypergrad_norm.astype(previous.hypergrad_norm.dtype))
+      add(previous.val_loss, h.aux.val_loss), add(previous.hypergrad_norm, hypergrad_norm),
+      add(previous.direct_norm, h.aux.direct_norm),
+      add(previous.indirect_norm, h.aux.indirect_norm))
   new = SearchState(state.step + 1, h.weights, h.alphas, h.loss_aux.batch_stats, h.w_opt_state,
                     h.alpha_opt_state, state.rng, metrics, state.nonfinite_step)
   return keep_if_finite(new, state, h.train_loss, h.aux.val_loss, h.g_alpha, h.g_w), h.aux

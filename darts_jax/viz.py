@@ -342,3 +342,67 @@ def plot_curves(epochs: Sequence[int], curves: Mapping[str, Sequence[float]],
   ax.grid(alpha=0.3)
   ax.legend()
   _save(fig, path)
+
+
+def _record_curves(records: Sequence[Mapping[str, Any]], keys: Sequence[str]
+                   ) -> dict[str, tuple[list[int], list[float]]]:
+  """(epochs, values) of each key that some record holds, over the records that hold it."""
+  out = {}
+  for key in keys:
+    points = [(r['epoch'], r[key]) for r in records if r.get(key) is not None]
+    if points:
+      out[key] = ([p[0] for p in points], [float(p[1]) for p in points])
+  return out
+
+
+def plot_search_health(records: Sequence[Mapping[str, Any]], directory: str | os.PathLike
+                       ) -> list[str]:
+  """A search's health report as pictures (``darts_jax.health``), from its epoch records:
+
+  - ``hessian_eigenvalue.png``: the dominant eigenvalue of the architecture Hessian at each
+    evaluation, with the epochs an early stop chose (RobustDARTS's Fig. 4 and 7);
+  - ``collapse_diagnostics.png``: the parameter-free ops of the genotype, the edges' mean
+    entropy and margin, and the second-order share of the hypergradient.
+
+  Returns the paths written (the eigenvalue plot only once some record holds one)."""
+  written = []
+  eigen = _record_curves(records, ('dominant_eigenvalue',))
+  if eigen:
+    fig = _new_figure((6, 4))
+    ax = fig.add_subplot()
+    epochs, values = eigen['dominant_eigenvalue']
+    ax.plot(epochs, values, marker='o', label='dominant eigenvalue')
+    for r in records:
+      stop = r.get('early_stop')
+      if stop:
+        ax.axvline(stop['stop_epoch'], color='tab:red', ls='--',
+                   label=f'stop chosen at epoch {stop["epoch"]}: epoch {stop["stop_epoch"]}')
+    ax.set_xlabel('epoch')
+    ax.set_ylabel('dominant eigenvalue of the Hessian in alpha')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path = os.path.join(os.fspath(directory), 'hessian_eigenvalue.png')
+    _save(fig, path)
+    written.append(path)
+  panels = (('parameter-free ops in the genotype', 'parameter_free_'),
+            ('mean entropy of the edges (nats)', 'entropy_'),
+            ('mean margin of the two strongest ops', 'margin_'),
+            ('second-order share of the hypergradient norm', 'second_order_share'))
+  keys = sorted({k for r in records for k in r if any(k.startswith(p) for _, p in panels)})
+  curves = _record_curves(records, keys)
+  if curves:
+    fig = _new_figure((10, 7))
+    for i, (title, prefix) in enumerate(panels):
+      ax = fig.add_subplot(2, 2, i + 1)
+      for key, (epochs, values) in curves.items():
+        if key.startswith(prefix):
+          ax.plot(epochs, values, marker='.', label=key[len(prefix):] or None)
+      ax.set_title(title, fontsize=9)
+      ax.set_xlabel('epoch')
+      ax.grid(alpha=0.3)
+      if any(k.startswith(prefix) and k != prefix for k in curves):
+        ax.legend(fontsize=8)
+    path = os.path.join(os.fspath(directory), 'collapse_diagnostics.png')
+    _save(fig, path)
+    written.append(path)
+  return written

@@ -5,7 +5,10 @@
 - every warning raised from darts_jax is an error (``pyproject.toml``'s ``filterwarnings``);
 - float64 is enabled per test (the ``x64`` fixture);
 - tests that compile for a long time carry ``@pytest.mark.slow``: ``pytest -m "not slow"`` is the
-  fast tier for the edit-test loop, CI runs everything.
+  fast tier for the edit-test loop; the long tail of compiles (second implementations of what
+  the suite checks already, other meshes and processes, the benchmarks' smoke runs) also
+  carries ``@pytest.mark.extended``: CI runs ``-m "not extended"`` (README's test command,
+  under 13 minutes on 2 cores), and ``-m extended`` runs the rest.
 """
 
 import os
@@ -51,3 +54,14 @@ def x64():
 @pytest.fixture(scope='session')
 def reference_path():
   return str(REFERENCE)
+
+
+# the longest file first: with ``--dist loadfile`` each file runs whole on one worker, so the
+# float64 reference check (minutes of compiling on one core) starts at once and the other
+# worker takes the rest beside it, instead of it starting last and running alone
+LONGEST_FIRST = ('test_reference.py',)
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  items.sort(key=lambda item: item.fspath.basename not in LONGEST_FIRST)

@@ -46,6 +46,7 @@ def _check_row(row):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_search_step_benchmark_tiny(tmp_path):
   proc, result = _run(['benchmarks.search_step', '--preset', 'tiny', '--estimators',
                        'weight_step,first_order', '--steps', '2'], tmp_path)
@@ -66,6 +67,7 @@ def test_search_step_benchmark_tiny(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_train_step_benchmark_tiny(tmp_path):
   # --cache_check (shared by both benchmarks) is tested here, on the cheaper program
   proc, result = _run(['benchmarks.train_step', '--preset', 'tiny', '--steps', '2',

@@ -65,6 +65,7 @@ def test_looped_step_is_the_written_out_step_in_closed_form(x64, estimator):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_looped_exact_step_is_the_written_out_step_on_a_supernet(x64):
   """The mixed second derivative and the recomputed cells inside the loop's branches: exact
   second order on a random supernet."""

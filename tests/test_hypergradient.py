@@ -234,6 +234,7 @@ def _supernet_problem(config, seed, image=8):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_exact_equals_unrolled_and_central_differences_on_random_supernets(x64):
   """eq. 6 by the chain rule in pieces (``second_order``) against jax.grad through the whole
   step (``unrolled``, K = 1), float64, to 1e-12, on supernets with per-cell remat (as the

@@ -126,8 +126,11 @@ def test_drop_path_statistics_and_scaling():
   assert all(len(np.unique(s)) == 1 for s in z) and 0 < (z[:, 0, 0, 0] == 0).sum() < 64
 
 
-@pytest.mark.parametrize('ksz,stride,dilation,size', [(3, 1, 1, 8), (5, 2, 2, 8), (3, 2, 1, 7),
-                                                      (5, 1, 2, 6)])
+@pytest.mark.parametrize('ksz,stride,dilation,size', [
+    (3, 1, 1, 8), (3, 2, 1, 7),
+    # the 5x5 kernels: the same code path with more taps, 2x the compile (extended tier)
+    pytest.param(5, 2, 2, 8, marks=(pytest.mark.slow, pytest.mark.extended)),
+    pytest.param(5, 1, 2, 6, marks=(pytest.mark.slow, pytest.mark.extended))])
 def test_depthwise_taps_derivatives_match_xla_to_third_order(x64, ksz, stride, dilation, size):
   """The 'taps' lowering has a hand-written VJP whose own derivatives are JAX's; up to third
   order, and forward over reverse, it must equal autodiff of XLA's grouped convolution, odd

@@ -79,6 +79,7 @@ def _assert_trees_close(a, b, rtol=2e-5, atol=2e-6):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_sharded_exact_search_step_equals_one_device():
   hp = S.SearchHParams(estimator='exact', steps_per_epoch=4, epochs=2)
   loss = make_loss(NET)
@@ -113,6 +114,7 @@ def _per_shard_loss(loss, groups, batch_argnum=3):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_per_device_batch_norm_equals_per_shard_steps_averaged(x64):
   # float64: BN over a 2-image shard of 2x2 maps divides by a small-sample variance, which
   # amplifies float32 round-off to ~1e-5 after two exact steps; in float64 the two agree to 1e-10
@@ -168,6 +170,7 @@ def _run_train(hp, mesh, loss=None, sharded_fields=(), steps=2, dtype=jnp.float3
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_sharded_train_step_equals_one_device_with_drop_path_and_sharded_weights():
   # one step per epoch over 2 epochs: the second step drops paths with p = 0.1
   hp = T.TrainHParams(epochs=2, steps_per_epoch=1, drop_path_prob=0.2)
@@ -180,6 +183,7 @@ def test_sharded_train_step_equals_one_device_with_drop_path_and_sharded_weights
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_per_device_batch_norm_in_training_equals_per_shard_steps_averaged(x64):
   hp = T.TrainHParams(epochs=2, steps_per_epoch=1, drop_path_prob=0.0)
   model, mesh = _train_model(), _mesh(DEVICES)
@@ -193,6 +197,7 @@ def test_per_device_batch_norm_in_training_equals_per_shard_steps_averaged(x64):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_shard_weights_search_equals_replicated():
   hp = S.SearchHParams(estimator='first_order', steps_per_epoch=4, epochs=2)
   mesh = _mesh(DEVICES)
@@ -206,6 +211,7 @@ def test_shard_weights_search_equals_replicated():
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_bf16_mixed_precision_stays_near_float32_with_float32_master_weights():
   variables = init_supernet(jax.random.PRNGKey(0), NET, IMAGE)
   alphas = init_alphas(jax.random.PRNGKey(1), NET)

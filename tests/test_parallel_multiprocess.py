@@ -97,6 +97,8 @@ def data_dir(tmp_path_factory):
   return str(d)
 
 
+@pytest.mark.slow
+@pytest.mark.extended
 def test_two_processes_equal_one_process_with_two_devices(data_dir, tmp_path):
   one = str(tmp_path / 'one')
   (_, err), = _wait_all([_start([f'--config.data_dir={data_dir}', f'--workdir={one}'], 2)])
@@ -136,6 +138,8 @@ TRAIN_CONFIG = ['--config=experiments/configs/train.py:tiny', '--config.max_exam
                 '--config.download=False', '--config.progress=False', '--config.num_devices=0']
 
 
+@pytest.mark.slow
+@pytest.mark.extended
 def test_two_process_training_equals_one_process_with_two_devices(data_dir, tmp_path):
   train = lambda args, devices: _start(args, devices, 'experiments.cifar_train', TRAIN_CONFIG)
   one = str(tmp_path / 'one')

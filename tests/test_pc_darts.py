@@ -55,6 +55,8 @@ def _cell(config, spec_index=0):
 
 
 @pytest.mark.parametrize('spec_index', [0, 1])  # a normal and a reduction cell
+@pytest.mark.slow
+@pytest.mark.extended
 def test_one_channel_group_with_edge_normalisation_is_darts_with_weighted_edges(spec_index, x64):
   """K = 1 with edge betas is DARTS whose edge e mixes with softmax(alpha_e) * w_e: the mixed op
   is linear in its mixing weights (the limit the issue names)."""
@@ -150,6 +152,7 @@ def test_pc_darts_method_builds_the_pc_space():
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_pc_darts_reference_file_matches_the_original(x64):
   from darts_jax import reference
   report = reference.verify(str(PCDARTS_REFERENCE))

@@ -92,7 +92,8 @@ def test_padded_window_equals_the_unpadded_one(x64):
   np.testing.assert_allclose(out_eval.hidden, ref_eval.hidden, rtol=1e-13)
 
 
-@pytest.mark.parametrize('estimator', ['exact', 'finite_difference'])
+@pytest.mark.parametrize('estimator', [
+    pytest.param('exact', marks=(pytest.mark.slow, pytest.mark.extended)), 'finite_difference'])
 def test_search_step_on_padded_windows_equals_unpadded(x64, estimator):
   """The whole search step (alpha step through the virtual step, then the weight step with TAR)
   on padded windows with their lengths equals the step on the bare windows."""
@@ -114,6 +115,8 @@ def test_search_step_on_padded_windows_equals_unpadded(x64, estimator):
   assert float(hg.tree_norm(bare[1].hypergradient)) > 0
 
 
+@pytest.mark.slow
+@pytest.mark.extended
 def test_unrolled_nodes_equal_the_scan_over_nodes(x64):
   """The cell the runs use (nodes unrolled, each multiplying its predecessors) against the scan
   over all state slots that the float64 reference checks run: outputs, statistics, gradients and

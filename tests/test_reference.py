@@ -15,17 +15,24 @@ from darts_jax.reference import NOT_COMPUTED, PASS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope='module')
-def cli_run(reference_path, tmp_path_factory):
-  """The verifier's command line, run once: (completed process, path of its --out report)."""
-  out = tmp_path_factory.mktemp('verify') / 'report.json'
+def _verify(reference_path, directory, *flags):
+  """The verifier's command line: (completed process, path of its --out report)."""
+  out = directory / 'report.json'
   # the suite's XLA flags (conftest.py) are inherited: -O0 compiles the float64 second-order
   # checks about twice as fast, and XLA's optimisation level changes no float64 result beyond
   # round-off, far inside the tolerances
   result = subprocess.run([sys.executable, '-m', 'experiments.verify_reference', reference_path,
-                           '--out', str(out)], cwd=ROOT, env=dict(os.environ),
+                           '--out', str(out), *flags], cwd=ROOT, env=dict(os.environ),
                           capture_output=True, text=True, timeout=3000)
   return result, out
+
+
+@pytest.fixture(scope='module')
+def cli_run(reference_path, tmp_path_factory):
+  """The verifier run once on every quantity of the file. The cross-check of exact against
+  unrolled (not a quantity of the file; a third of the compile time) runs in the extended
+  tier, :func:`test_exact_equals_unrolled_on_the_file`."""
+  return _verify(reference_path, tmp_path_factory.mktemp('verify'), '--no_cross_checks')
 
 
 @pytest.fixture(scope='module')
@@ -41,7 +48,7 @@ def report(cli_run):
     ('search/grad_w_train', 1e-8), ('search/grad_alphas_train', 1e-8),
     ('search/hypergrad_first_order', 1e-8), ('search/hypergrad_exact', 1e-8),
     ('search/hypergrad_exact_nomomentum', 1e-8), ('search/hypergrad_fd', 1e-6),
-    ('search/hypergrad_fd_nomomentum', 1e-6), ('search/exact_vs_unrolled', 1e-12),
+    ('search/hypergrad_fd_nomomentum', 1e-6),
     ('eval/logits_eval', 1e-9),
     ('eval/logits_train', 1e-9), ('eval/logits_aux_train', 1e-9),
     ('search/step/alphas_normal', 1e-8), ('search/step/alphas_reduce', 1e-8),
@@ -49,6 +56,17 @@ def report(cli_run):
 def test_quantity_matches_original(report, name, tol):
   q = report['quantities'][name]
   assert q['status'] == PASS and q['rel_err'] <= tol, q
+
+
+@pytest.mark.slow
+@pytest.mark.extended
+def test_exact_equals_unrolled_on_the_file(reference_path, tmp_path):
+  # the chain rule in pieces (what the search runs) against jax.grad through the whole
+  # virtual step, at the file's weights, alphas and batches
+  result, out = _verify(reference_path, tmp_path)
+  assert out.exists(), result.stderr[-3000:]
+  q = json.loads(out.read_text())['quantities']['search/exact_vs_unrolled']
+  assert q['status'] == PASS and q['rel_err'] <= 1e-12, q
 
 
 @pytest.mark.slow

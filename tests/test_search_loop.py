@@ -78,6 +78,7 @@ def test_tiny_search_runs_and_resumes_bitwise(data_dir, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_a_stochastic_method_searches_on_a_mesh_in_bf16_and_resumes_bitwise(data_dir, tmp_path,
                                                                               monkeypatch):
   """GDAS (a Gumbel sample per step, tau annealed per epoch) runs the search from its config
@@ -181,3 +182,66 @@ def test_cli_distributed_without_the_other_processes(data_dir, tmp_path, args, m
   assert message in result.stderr
   assert 'Traceback' not in result.stderr
   assert not (tmp_path / 'run').exists()
+
+
+# a rule made to fire at every chance: the ratio of two positive eigenvalues exceeds 1e-3 (the
+# architecture's weight decay makes the dominant one positive)
+FIRING_RULE = dict(hessian_every=1, hessian_batch=16, es_window=1, es_delta=1, es_factor=1e-3,
+                   es_start_epoch=0)
+
+
+@pytest.mark.slow
+def test_health_report_and_darts_es(data_dir, tmp_path):
+  """The health report as a run writes it, and DARTS-ES with the firing rule: it stops after
+  epoch 2 and returns epoch 1's genotype."""
+  es = micro_config(data_dir, epochs=4, early_stop='darts_es', plots=True, **FIRING_RULE)
+  result = run_search(es, str(tmp_path / 'es'), log=lambda s: None)
+  records = [json.loads(l) for l in open(tmp_path / 'es' / 'metrics.jsonl')]
+  epochs = [r for r in records if r['kind'] == 'epoch']
+  assert int(result.state.step) == 10 and [r['epoch'] for r in epochs] == [1, 2]
+  assert epochs[1]['early_stop']['stop_epoch'] == 1
+  assert result.genotype.to_dict() == epochs[0]['genotype']
+  assert (tmp_path / 'es' / 'genotype.txt').read_text().strip() == result.genotype.to_string()
+  for r in epochs:
+    # the dense Hessian of 2 kinds x 5 edges x 8 ops, its eigenvalues in the record
+    h = np.load(tmp_path / 'es' / 'hessian' / f'epoch_{r["epoch"]:03d}.npy')
+    ev = np.linalg.eigvalsh(h.astype(np.float64))
+    assert h.shape == (80, 80) and r['dominant_eigenvalue'] == pytest.approx(ev[-1], rel=1e-6)
+    assert r['dominant_eigenvalue'] > 0 and r['hessian_examples'] == 16
+    assert r['entropy_normal'] <= np.log(8) and 0 <= r['margin_reduce'] <= 1
+    assert r['parameter_free_normal'] in range(5) and r['second_order_share'] == 0.0
+  assert {'hessian_eigenvalue.png', 'collapse_diagnostics.png'} <= set(
+      os.listdir(tmp_path / 'es' / 'plots'))
+  # the run is complete: called again, it steps no further
+  assert int(run_search(es, str(tmp_path / 'es'), log=lambda s: None).state.step) == 10
+
+
+@pytest.mark.slow
+@pytest.mark.extended
+def test_darts_ada_returns_with_more_weight_decay_and_resumes_bitwise(data_dir, tmp_path,
+                                                                      monkeypatch):
+  """DARTS-ADA with the firing rule (3 Lanczos steps for the eigenvalue): back to epoch 1 twice
+  (weight decay 3e-4 -> 3e-3 -> 0.03, the maximum), then on to the end; an interrupted run
+  resumes bit for bit."""
+  ada = micro_config(data_dir, epochs=3, early_stop='darts_ada', hessian_lanczos_steps=3,
+                     **FIRING_RULE)
+  full = run_search(ada, str(tmp_path / 'ada'), log=lambda s: None)
+  records = [json.loads(l) for l in open(tmp_path / 'ada' / 'metrics.jsonl')]
+  rewinds = [r for r in records if r['kind'] == 'rewind']
+  assert [(r['epoch'], r['weight_decay']) for r in rewinds] == [(1, pytest.approx(3e-3)),
+                                                                (1, pytest.approx(0.03))]
+  epochs = [r for r in records if r['kind'] == 'epoch']
+  assert [r['epoch'] for r in epochs] == [1, 2, 3] and int(full.state.step) == 15
+  assert [r['weight_decay'] for r in epochs] == pytest.approx([3e-4, 0.03, 0.03])
+  assert all(r['dominant_eigenvalue'] > 0 for r in epochs)
+  assert not any('early_stop' in r for r in epochs[1:])  # at the maximum, the rule is off
+  # interrupted after 12 steps (the second pass through epoch 2), resumed: the same run
+  interrupt_after(12, lambda: run_search(ada, str(tmp_path / 'resumed'), log=lambda s: None),
+                  monkeypatch)
+  resumed = run_search(ada, str(tmp_path / 'resumed'), log=lambda s: None)
+  for x, y in zip(leaves(full.state), leaves(resumed.state), strict=True):
+    np.testing.assert_array_equal(x, y)
+  again = [json.loads(l) for l in open(tmp_path / 'resumed' / 'metrics.jsonl')]
+  strip = lambda rs: [{k: v for k, v in r.items() if k not in ('seconds', 'hessian_seconds')}
+                      for r in rs if r['kind'] in ('epoch', 'rewind')]
+  assert strip(again) == strip(records)

@@ -180,6 +180,8 @@ def test_user_op_joins_the_search():
   assert len(g) == len(scale_leaves) and all(np.any(np.asarray(x) != 0) for x in g)
 
 
+@pytest.mark.slow
+@pytest.mark.extended
 def test_remat_changes_memory_not_numbers(x64):
   """Per-cell rematerialisation recomputes the same forward: loss, gradients and BN statistics
   equal the plain network's to round-off (float64)."""

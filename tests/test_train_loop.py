@@ -99,6 +99,7 @@ def test_tiny_training_runs_resumes_bitwise_and_evaluates(data_dir, tmp_path, mo
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
   config = micro_config(data_dir, lr=1e30, checkpoint_every=1, epochs=1)
   with pytest.raises(run_loop.NonFiniteError,

@@ -140,6 +140,8 @@ def test_drnas_genotype_ranks_by_the_concentration_mean():
   assert list(space.genotype(alphas).normal) == gene
 
 
+@pytest.mark.slow
+@pytest.mark.extended
 def test_drnas_hypergradients_hold_the_sample_fixed(x64):
   """Exact second order equals jax.grad through one real inner step (unrolled, K = 1) on the
   sampled objective: both differentiate the one Dirichlet sample of the step."""
@@ -288,9 +290,13 @@ def test_stepped_methods_draw_from_the_step_alone():
 
 # each method with one estimator of the gradient loop and one inline one, every estimator with
 # two methods (all 25 pairs ran once by hand: README "The DARTS family"); each pair is a compile
-PAIRS = [('gdas', 'exact'), ('gdas', 'implicit'), ('drnas', 'finite_difference'),
-         ('drnas', 'unrolled'), ('sdarts_rs', 'first_order'), ('sdarts_rs', 'implicit'),
-         ('sdarts_adv', 'exact'), ('sdarts_adv', 'unrolled'),
+# the inline estimators (unrolled, implicit) compile a program of their own per method: the
+# extended tier
+_INLINE = pytest.mark.extended
+PAIRS = [('gdas', 'exact'), pytest.param('gdas', 'implicit', marks=_INLINE),
+         ('drnas', 'finite_difference'), pytest.param('drnas', 'unrolled', marks=_INLINE),
+         ('sdarts_rs', 'first_order'), pytest.param('sdarts_rs', 'implicit', marks=_INLINE),
+         ('sdarts_adv', 'exact'), pytest.param('sdarts_adv', 'unrolled', marks=_INLINE),
          ('darts_minus', 'finite_difference'), ('darts_minus', 'first_order')]
 
 

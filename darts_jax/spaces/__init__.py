@@ -81,6 +81,9 @@ class SearchSpace(NamedTuple):
   # (train, compute_dtype) -> (StepContext -> StepLoss) for a loss that depends on the step;
   # None: make_loss serves every step
   make_step_loss: Callable[..., Callable[[StepContext], StepLoss]] | None = None
+  # the choices without parameters of their own (skip, pooling): the health report counts them
+  # in each derived genotype, where a collapsed search piles them up
+  parameter_free: tuple[str, ...] = ()
 
 
 class ReferenceFormat(NamedTuple):

@@ -22,7 +22,8 @@ from darts_jax import gradient_loop as gl
 from darts_jax import hypergradient as hg
 from darts_jax import interop
 from darts_jax import search as search_lib
-from darts_jax.genotypes import PRIMITIVES, Genotype, derive_genotype, parse_genotype
+from darts_jax.genotypes import (PARAMETER_FREE, PRIMITIVES, Genotype, derive_genotype,
+                                 parse_genotype)
 from darts_jax.networks import NetworkCIFAR
 from darts_jax.spaces import ReferenceFormat, SearchSpace, verify_sections
 from darts_jax.supernet import (SupernetConfig, architecture_mixing, check_image_size, init_alphas,
@@ -65,7 +66,8 @@ def make_space(config: SupernetConfig) -> SearchSpace:
       draw=draw,
       make_mixing_loss=lambda train=True, compute_dtype=None: make_mixing_loss(
           config, train, compute_dtype),
-      architecture_mixing=lambda alphas, dtype: architecture_mixing(alphas, dtype, config.nodes))
+      architecture_mixing=lambda alphas, dtype: architecture_mixing(alphas, dtype, config.nodes),
+      parameter_free=tuple(op for op in config.primitives if op in PARAMETER_FREE))
 
 
 def _mixing(alphas, nodes: int = 4) -> dict[str, np.ndarray]:
@@ -328,7 +330,7 @@ def _verify_search(ref: Mapping[str, np.ndarray], meta, report) -> None:
       hvp = jax.tree_util.tree_map(lambda d, h: (d - h) / xi, at_w_prime.g_alpha, g)
       _check_architecture_gradient(report, 'search/hvp_fd_nomomentum', hvp, ref,
                                    'finite_difference')
-    if name == 'hypergrad_exact' and config.partial_channels == 1:
+    if name == 'hypergrad_exact' and config.partial_channels == 1 and report.cross_checks:
       # eq. 6 by the chain rule in pieces (what the search runs) against jax.grad through the
       # whole virtual step (unrolled, K = 1): the same number up to round-off (the DARTS
       # files; the network is the same code under PC-DARTS, and the compile costs minutes)

@@ -128,6 +128,23 @@ def get_config(preset: str = 'paper') -> ml_collections.ConfigDict:
   c.loop_gradients = paper.loop_gradients
   c.warmup_epochs = paper.warmup_epochs  # epochs of weight steps alone first (PC-DARTS: 15)
 
+  # the health report (darts_jax.health; README "Search health"): collapse diagnostics every
+  # epoch; the architecture Hessian's eigenvalues every hessian_every epochs (0: off;
+  # RobustDARTS: 2) on the alpha half's first hessian_batch images (RobustDARTS: one batch of
+  # 64), dense (n Hessian-vector products) or by hessian_lanczos_steps Lanczos steps (0: dense)
+  c.hessian_every = 0
+  c.hessian_batch = 64
+  c.hessian_lanczos_steps = 0
+  # none, darts_es (stop when the eigenvalue's sliding mean over es_window evaluations grows
+  # es_factor-fold over es_delta evaluations, from epoch es_start_epoch; the genotype of that
+  # earlier epoch is the result) or darts_ada (return there with 10x the weight decay, up to
+  # 0.03); RobustDARTS's settings
+  c.early_stop = 'none'
+  c.es_window = 5
+  c.es_delta = 4
+  c.es_factor = 1.3
+  c.es_start_epoch = 10
+
   # what the run shows and keeps
   c.log_every = 10
   c.checkpoint_every = 200
