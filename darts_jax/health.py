@@ -217,20 +217,24 @@ def raised_weight_decay(weight_decay: float, factor: float = 10.0, maximum: floa
 # ----------------------------------------------------------------------------------------------
 
 
+def _edge_rows(mixing: np.ndarray) -> np.ndarray:
+  # each edge's weights summing to 1: PC-DARTS's rows are weighted by the edge's beta
+  p = np.asarray(mixing, np.float64)
+  return p / p.sum(axis=-1, keepdims=True)
+
+
 def edge_entropy(mixing: np.ndarray) -> np.ndarray:
   """-sum_o p_o log p_o of each edge's (row's) mixing weights, in nats (0 for a one-hot edge,
   log(ops) for a uniform one). Rows that do not sum to 1 (PC-DARTS's beta-weighted rows) are
   normalised first."""
-  p = np.asarray(mixing, np.float64)
-  p = p / p.sum(axis=-1, keepdims=True)
+  p = _edge_rows(mixing)
   return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
 
 
 def edge_margin(mixing: np.ndarray) -> np.ndarray:
   """The strongest op's weight minus the second's, per edge (rows normalised as
   :func:`edge_entropy`)."""
-  p = np.asarray(mixing, np.float64)
-  p = np.sort(p / p.sum(axis=-1, keepdims=True), axis=-1)
+  p = np.sort(_edge_rows(mixing), axis=-1)
   return p[..., -1] - p[..., -2]
 
 

@@ -96,11 +96,14 @@ def early_stop_rule(cfg: Mapping) -> health.EarlyStopRule:
                               cfg['es_start_epoch'])
 
 
-def write_genotype_files(workdir: str, genotype, architecture) -> None:
-  """``genotype.json``, ``genotype.txt`` (the original's string form) and ``alphas.npz`` (the
-  raw architecture pytree, one array per dotted leaf name: ``normal``, ``reduce`` for DARTS)."""
+def write_genotype_files(workdir: str, genotype, architecture=None) -> None:
+  """``genotype.json``, ``genotype.txt`` (the original's string form) and, given the
+  architecture, ``alphas.npz`` (the raw architecture pytree, one array per dotted leaf name:
+  ``normal``, ``reduce`` for DARTS)."""
   ckpt_lib.write_atomic(os.path.join(workdir, 'genotype.json'), genotype.to_json() + '\n')
   ckpt_lib.write_atomic(os.path.join(workdir, 'genotype.txt'), genotype.to_string() + '\n')
+  if architecture is None:
+    return
   tmp = os.path.join(workdir, 'alphas.tmp.npz')
   np.savez(tmp, **{k: np.asarray(v) for k, v in ckpt_lib.flatten_named(architecture).items()})
   os.replace(tmp, os.path.join(workdir, 'alphas.npz'))
@@ -450,10 +453,8 @@ def run_search(cfg: Mapping, workdir: str, *, log: Callable[[str], None] = print
     genotype = s.space.genotype_from_dict(chosen['genotype'])
     log(f'early stop (DARTS-ES) after epoch {stop["epoch"]}: the genotype of epoch '
         f'{stop["stop_epoch"]} is the result (genotype.txt)')
-    if s.ex.main:
-      for name, text in (('genotype.json', genotype.to_json()),
-                         ('genotype.txt', genotype.to_string())):
-        ckpt_lib.write_atomic(os.path.join(workdir, name), text + '\n')
+    if s.ex.main:  # alphas.npz stays the last epoch's: the records keep no raw alphas
+      write_genotype_files(workdir, genotype)
   best = max(records, key=lambda r: r['val_acc'], default=None)
   best_genotype = s.space.genotype_from_dict(best['genotype']) if best else None
   log(f'search done: {int(state.step)} steps. Final genotype:\n  {genotype.to_string()}')
