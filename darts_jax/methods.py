@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 
 from darts_jax import losses, variants
-from darts_jax.genotypes import derive_genotype_by_pairs
 from darts_jax.spaces import SearchSpace, StepContext, StepLoss
 
 
@@ -105,8 +104,10 @@ def _per_kind(mixing, ops: Callable[[str, Any], Any]):
   return {kind: m._replace(ops=ops(kind, m)) for kind, m in mixing.items()}
 
 
-def _kind_key(key, kind: str):
-  return jax.random.fold_in(key, ('normal', 'reduce').index(kind))
+def _kind_key(key, kind: str, kinds):
+  """A cell kind's own draws: the key folded with the kind's place among ``kinds`` sorted
+  (DARTS: normal 0, reduce 1; NAS-Bench-201's one cell: 0)."""
+  return jax.random.fold_in(key, sorted(kinds).index(kind))
 
 
 # GDAS ------------------------------------------------------------------------------------------
@@ -122,13 +123,14 @@ def _gdas(space: SearchSpace, cfg: Mapping[str, Any]) -> SearchSpace:
       alpha = alphas[kind].astype(m.ops.dtype)
       if context.key is None:  # no draw: the argmax network
         return jax.nn.one_hot(jnp.argmax(alpha, -1), alpha.shape[-1], dtype=alpha.dtype)
-      gumbel = jax.random.gumbel(_kind_key(context.key, kind), alpha.shape, alpha.dtype)
+      gumbel = jax.random.gumbel(_kind_key(context.key, kind, mixing), alpha.shape, alpha.dtype)
       tau = variants.gdas_tau(context.epoch, context.epochs, tau_max, tau_min)
       return variants.gumbel_one_hot(alpha, gumbel, jnp.asarray(tau, alpha.dtype))
     return _per_kind(mixing, one_hot)
 
-  return _with_rule(space, 'gdas', rule)._replace(genotype=lambda alphas: derive_genotype_by_pairs(
-      alphas, space.choices, cfg['nodes'], cfg['multiplier']))
+  # GDAS's genotype: in the DARTS space its own rule (space.one_hot_genotype)
+  return _with_rule(space, 'gdas', rule)._replace(
+      genotype=space.one_hot_genotype or space.genotype)
 
 
 GDAS = Method('gdas', 'GDAS (Dong & Yang, 2019): one op per edge sampled by Gumbel-softmax, '
@@ -153,14 +155,14 @@ def _drnas(space: SearchSpace, cfg: Mapping[str, Any]) -> SearchSpace:
       if context.key is None:  # no draw: the concentration's mean
         return c / jnp.sum(c, -1, keepdims=True)
       # reparameterised (jax.random.dirichlet differentiates its gamma draws implicitly)
-      return jax.random.dirichlet(_kind_key(context.key, kind), c, dtype=c.dtype)
+      return jax.random.dirichlet(_kind_key(context.key, kind, mixing), c, dtype=c.dtype)
     return _per_kind(mixing, sample)
 
   def kl(alphas):  # DrNAS's regulariser: sum over edges of KL(Dir(c) || Dir(1)). Added to
     # both halves' loss: it does not depend on w, so the weight gradient and every estimator's
     # second-order term are those of the data loss alone
-    return kl_scale * sum(jnp.sum(variants.dirichlet_kl(variants.dirichlet_concentration(
-        alphas[kind]))) for kind in ('normal', 'reduce'))
+    return kl_scale * sum(jnp.sum(variants.dirichlet_kl(variants.dirichlet_concentration(a)))
+                          for a in jax.tree_util.tree_leaves(alphas))
 
   def log_concentration(alphas):  # softmax(log c) = c / sum(c), the Dirichlet's mean
     return jax.device_get({k: jnp.log(variants.dirichlet_concentration(jnp.asarray(v)))
@@ -209,7 +211,7 @@ def _sdarts(adversarial: bool):
                 frozen, _per_kind(mixing, lambda k, m: o[k]), batch_stats, batch)[0]
             ops = variants.pgd_perturbation(attack, context.key, ops, eps, steps)
           else:
-            ops = {k: variants.random_perturbation(_kind_key(context.key, k), o, eps)
+            ops = {k: variants.random_perturbation(_kind_key(context.key, k, ops), o, eps)
                    for k, o in ops.items()}
           return mixing_loss(weights, _per_kind(mixing, lambda k, m: ops[k]), batch_stats, batch)
         return StepLoss(plain, weight_loss)

@@ -66,6 +66,9 @@ BEFORE_METHODS = {'method': 'darts', 'partial_channels': 4, 'warmup_epochs': 0,
 BEFORE_HEALTH = {'hessian_every': 0, 'hessian_batch': 64, 'hessian_lanczos_steps': 0,
                  'early_stop': 'none', 'es_window': 5, 'es_delta': 4, 'es_factor': 1.3,
                  'es_start_epoch': 10}
+# what a run started before NAS-Bench-201's space existed did: the DARTS space, training
+# without Nesterov momentum
+BEFORE_SPACES = {'search_space': 'darts_cnn', 'cells_per_stage': 5, 'nesterov': False}
 # every config key the scale-out added (experiments/configs/scale_out.py, num_devices aside)
 SCALE_OUT_KEYS = tuple(BEFORE_SCALE_OUT) + ('lr_base_batch',) + PROCESS_KEYS
 # config keys an earlier version called otherwise (old -> new): its runs still resume
@@ -133,8 +136,8 @@ def check_workdir(workdir: str, cfg: Mapping, may_differ: tuple[str, ...], main:
   if cfg['lr_scaling'] == 'none':
     may_differ += ('lr_base_batch',)  # unused then
   # what an older run's config lacks means these values, for the keys this kind of run has
-  absent_means = {k: v for k, v in {**BEFORE_SCALE_OUT, **BEFORE_METHODS,
-                                     **BEFORE_HEALTH}.items() if k in cfg}
+  absent_means = {k: v for k, v in {**BEFORE_SCALE_OUT, **BEFORE_METHODS, **BEFORE_HEALTH,
+                                     **BEFORE_SPACES}.items() if k in cfg}
   check = lambda write: ckpt_lib.check_run_config(  # noqa: E731
       workdir, cfg, may_differ, write, absent_means=absent_means, renamed=RENAMED_KEYS)
   resumed = check(True) if main else False

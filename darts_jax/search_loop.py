@@ -27,7 +27,7 @@ from darts_jax import run_loop
 from darts_jax import search as search_lib
 from darts_jax.ops.init import num_params
 from darts_jax.spaces import SearchSpace, StepContext
-from darts_jax.spaces import cnn
+from darts_jax.spaces import cnn, nas_bench_201
 
 # config keys that may change between a run and its resumption (they do not change results)
 # remat_cells and loop_gradients change memory and compile time, not one number: a run may
@@ -46,6 +46,17 @@ HEALTH_PREFIXES = ('parameter_free_', 'entropy_', 'margin_')
 EARLY_STOPS = ('none', 'darts_es', 'darts_ada')
 # (config, num_classes, in_channels) -> the search space
 SpaceFromRun = Callable[[Mapping, int, int], SearchSpace]
+# --config.search_space: the paper's CNN cells, NAS-Bench-201's cell
+SPACES: Mapping[str, SpaceFromRun] = {cnn.NAME: cnn.space_from_run,
+                                      nas_bench_201.NAME: nas_bench_201.space_from_run}
+
+
+def space_builder(cfg: Mapping) -> SpaceFromRun:
+  """The space ``cfg['search_space']`` names; a one-line ValueError naming the allowed ones."""
+  name = cfg.get('search_space', cnn.NAME)
+  if name not in SPACES:
+    raise ValueError(f'search_space={name!r} is unknown; allowed: {", ".join(SPACES)}')
+  return SPACES[name]
 
 
 class SearchResult(NamedTuple):
@@ -62,7 +73,9 @@ def hparams_from_config(cfg: Mapping, steps_per_epoch: int) -> search_lib.Search
 
 
 def _check_config(cfg: Mapping) -> None:
-  for name in ('batch_size', 'init_channels', 'layers', 'epochs'):
+  space_builder(cfg)  # an unknown space fails before any data is read
+  for name in ('batch_size', 'init_channels', 'layers', 'epochs') + (
+      ('cells_per_stage',) if 'cells_per_stage' in cfg else ()):
     run_config.check_int(cfg, name, 1)
   for name in ('log_every', 'checkpoint_every', 'max_examples', 'eval_batches'):
     run_config.check_int(cfg, name, 0,
@@ -430,14 +443,16 @@ class _Pictures:
 
 
 def run_search(cfg: Mapping, workdir: str, *, log: Callable[[str], None] = print,
-               space_from_run: SpaceFromRun = cnn.space_from_run,
+               space_from_run: SpaceFromRun | None = None,
                method: str | None = None) -> SearchResult:
   """Runs (or resumes) the search described by ``cfg`` (see ``experiments/configs/search.py``)
-  in ``workdir``: the space ``space_from_run`` builds for the data, as ``method`` (default: the
-  config's ``method``, else DARTS) searches it (``darts_jax.methods``).
+  in ``workdir``: the space ``space_from_run`` builds for the data (default: the config's
+  ``search_space``), as ``method`` (default: the config's ``method``, else DARTS) searches it
+  (``darts_jax.methods``).
   An interruption or error checkpoints the steps done so far before it propagates; calling
   again resumes."""
-  s = _setup(cfg, workdir, space_from_run, method or cfg.get('method', 'darts'))
+  s = _setup(cfg, workdir, space_from_run or space_builder(cfg),
+             method or cfg.get('method', 'darts'))
   log = s.ex.speaker(log)
   state, shardings = _initial_state(s)
   resumed = run_config.check_workdir(workdir, s.cfg, MAY_DIFFER, s.ex.main)

@@ -293,9 +293,14 @@ def cell_specs(config: SupernetConfig) -> tuple[dict, ...]:
 def node_softmax(betas: jax.Array, nodes: int) -> jax.Array:
   """PC-DARTS's edge weights (its eq. 4): a softmax of the betas over each node's own 2 + i
   incoming edges, in the edges' order (E,)."""
-  starts = np.cumsum([0] + [i + 2 for i in range(nodes)])
-  return jnp.concatenate([jax.nn.softmax(betas[starts[i]:starts[i + 1]])
-                          for i in range(nodes)])
+  return segment_softmax(betas, tuple(i + 2 for i in range(nodes)))
+
+
+def segment_softmax(x: jax.Array, sizes: Sequence[int]) -> jax.Array:
+  """A softmax over each of the consecutive segments of ``x`` of the given ``sizes``."""
+  starts = np.cumsum([0, *sizes])
+  return jnp.concatenate([jax.nn.softmax(x[starts[i]:starts[i + 1]])
+                          for i in range(len(sizes))])
 
 
 class CellMixing(NamedTuple):
@@ -523,7 +528,13 @@ def make_mixing_loss(config: SupernetConfig, train: bool = True, compute_dtype=N
   """:func:`make_loss` as a function of the mixing weights instead of the alphas:
   ``loss(weights, mixing, batch_stats, batch)``, ``mixing`` as :func:`architecture_mixing` makes
   it. The seam where a search method puts its own mixing rule."""
-  apply = make_mixing_apply(config)
+  return classification_loss(make_mixing_apply(config), train, compute_dtype)
+
+
+def classification_loss(apply, train: bool = True, compute_dtype=None):
+  """``loss(weights, mixing, batch_stats, batch) -> (loss, LossAux(batch_stats, logits))``, the
+  mean cross-entropy of a network ``apply(weights, mixing, batch_stats, images, train) ->
+  (logits, new batch_stats)``, under the mixed precision of :func:`make_loss`."""
   losses.cast_floating(None, compute_dtype)  # a bad dtype fails here, not inside a trace
 
   def loss(weights, mixing, batch_stats, batch):

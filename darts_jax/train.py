@@ -38,9 +38,10 @@ class TrainHParams:
   lr_min: float = 0.0
   momentum: float = 0.9
   weight_decay: float = 3e-4
-  grad_clip: float = 5.0
+  grad_clip: float = 5.0  # 0: no clipping (NAS-Bench-201's recipe)
   auxiliary_weight: float = 0.4
   drop_path_prob: float = 0.2  # reached at the last epoch: p(e) = drop_path_prob * e / epochs
+  nesterov: bool = False  # PyTorch's SGD(nesterov=True), as NAS-Bench-201 trains
 
   def __post_init__(self):
     for name in ('epochs', 'steps_per_epoch'):
@@ -49,8 +50,10 @@ class TrainHParams:
         raise ValueError(f'{name}={value!r}: must be an integer >= 1')
     if not self.lr > 0:
       raise ValueError(f'lr={self.lr!r}: must be > 0')
-    if not self.grad_clip > 0:
-      raise ValueError(f'grad_clip={self.grad_clip!r}: must be > 0')
+    if not self.grad_clip >= 0:
+      raise ValueError(f'grad_clip={self.grad_clip!r}: must be >= 0 (0: no clipping)')
+    if not isinstance(self.nesterov, (bool, np.bool_)):
+      raise ValueError(f'nesterov={self.nesterov!r}: must be True or False')
     for name in ('lr_min', 'momentum', 'weight_decay', 'auxiliary_weight'):
       if not getattr(self, name) >= 0:
         raise ValueError(f'{name}={getattr(self, name)!r}: must be >= 0')
@@ -77,10 +80,12 @@ class TrainState(NamedTuple):
 
 
 def optimizer(hp: TrainHParams) -> optax.GradientTransformation:
-  return optax.chain(clip_by_global_norm_torch(hp.grad_clip),
-                     optax.add_decayed_weights(hp.weight_decay),
+  # PyTorch's SGD: the decay joins the gradient before the momentum buffer; Nesterov's step is
+  # g + momentum * buffer, which optax's trace(nesterov=True) computes the same way
+  clip = clip_by_global_norm_torch(hp.grad_clip) if hp.grad_clip else optax.identity()
+  return optax.chain(clip, optax.add_decayed_weights(hp.weight_decay),
                      optax.sgd(cosine_per_epoch(hp.lr, hp.lr_min, hp.epochs, hp.steps_per_epoch),
-                               momentum=hp.momentum))
+                               momentum=hp.momentum, nesterov=hp.nesterov))
 
 
 def drop_path_prob(hp: TrainHParams, step) -> jax.Array:

@@ -10,7 +10,7 @@ checkpoint continues bit for bit as it would have without the interruption. ``ev
 from __future__ import annotations
 
 import os
-from typing import Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +18,7 @@ import numpy as np
 
 from darts_jax import checkpoint as ckpt_lib
 from darts_jax import data as data_lib
+from darts_jax import nas_bench_201 as nb201
 from darts_jax import parallel
 from darts_jax import run_config
 from darts_jax import run_loop
@@ -36,11 +37,14 @@ MAY_DIFFER = ('log_every', 'checkpoint_every', 'keep_checkpoints', 'tensorboard'
 SHARDED_FIELDS = ('weights', 'opt_state')
 # epoch-record keys that go to TensorBoard
 SCALARS = ('train_loss', 'train_acc', 'lr', 'test_loss', 'test_top1', 'test_top5')
+# --config.search_space: whose networks are trained (the DARTS cells' NetworkCIFAR, or
+# NAS-Bench-201's skeleton around one of its cells)
+SPACES = ('darts_cnn', 'nas_bench_201')
 
 
 class TrainResult(NamedTuple):
   state: train_lib.TrainState
-  genotype: Genotype
+  genotype: Genotype | nb201.Structure
   test: dict | None  # the last evaluation: {'loss', 'top1', 'top5', 'examples'}
   best_top1: float | None
 
@@ -49,10 +53,22 @@ def hparams_from_config(cfg: Mapping, steps_per_epoch: int) -> train_lib.TrainHP
   return run_config.hparams_from_config(train_lib.TrainHParams, cfg, steps_per_epoch)
 
 
+def _nas_bench_201(cfg: Mapping) -> bool:
+  return cfg.get('search_space', 'darts_cnn') == 'nas_bench_201'
+
+
 def _check_config(cfg: Mapping) -> None:
+  if cfg.get('search_space', 'darts_cnn') not in SPACES:
+    raise ValueError(f"search_space={cfg['search_space']!r} is unknown; allowed: "
+                     f'{", ".join(SPACES)}')
   for name in ('batch_size', 'init_channels', 'layers', 'epochs', 'stem_multiplier',
-               'eval_every'):
+               'eval_every') + (('cells_per_stage',) if 'cells_per_stage' in cfg else ()):
     run_config.check_int(cfg, name, 1)
+  if _nas_bench_201(cfg):
+    for name in ('auxiliary', 'drop_path_prob'):
+      if cfg[name]:
+        raise ValueError(f'{name}={cfg[name]!r}: NAS-Bench-201\'s networks train without it '
+                         f'(set {name}={"False" if name == "auxiliary" else "0"})')
   for name, zero in (('log_every', 'off'), ('checkpoint_every', 'epoch ends only'),
                      ('max_examples', 'all'), ('max_test_examples', 'all'),
                      ('cutout_length', 'no cutout'),
@@ -63,15 +79,34 @@ def _check_config(cfg: Mapping) -> None:
   hparams_from_config(cfg, steps_per_epoch=1)  # the optimiser settings, before any data is read
 
 
-def _model(cfg: Mapping, genotype: Genotype, dataset: data_lib.Dataset) -> NetworkCIFAR:
+def _load_genotype(cfg: Mapping) -> Genotype | nb201.Structure:
+  if _nas_bench_201(cfg):
+    structure = nb201.load_structure(cfg['genotype'])
+    structure.validate_ops(nb201.PRIMITIVES)
+    return structure
+  genotype = load_genotype(cfg['genotype'])
+  genotype.validate_ops(list(registry.OPS))
+  return genotype
+
+
+def _model(cfg: Mapping, genotype, dataset: data_lib.Dataset):
+  in_channels = dataset.images.shape[-1]
+  if _nas_bench_201(cfg):
+    return nb201.TinyNetwork(genotype, C=cfg['init_channels'],
+                             cells_per_stage=cfg['cells_per_stage'],
+                             num_classes=dataset.num_classes, in_channels=in_channels)
   return NetworkCIFAR(C=cfg['init_channels'], num_classes=dataset.num_classes,
                       layers=cfg['layers'], auxiliary=cfg['auxiliary'], genotype=genotype,
                       stem_multiplier=cfg['stem_multiplier'],
                       in_channels=dataset.images.shape[-1])
 
 
-def _check_shapes(cfg: Mapping, model: NetworkCIFAR, dataset: data_lib.Dataset) -> None:
+def _check_shapes(cfg: Mapping, model, dataset: data_lib.Dataset) -> None:
   image_size = tuple(dataset.images.shape[1:3])
+  if _nas_bench_201(cfg):
+    nb201.check_images(jax.ShapeDtypeStruct((1, *image_size, model.in_channels), jnp.float32),
+                       model.in_channels, 'network')
+    return
   reductions = len(reduction_layers(cfg['layers']))
   check_image_size((1, *image_size, model.in_channels), reductions, model.in_channels,
                    what='network')
@@ -117,8 +152,8 @@ def evaluate(eval_fn: Callable, weights, batch_stats, test_set: data_lib.Dataset
 class _Setup(NamedTuple):
   cfg: dict
   dtype: jnp.dtype
-  genotype: Genotype
-  model: NetworkCIFAR
+  genotype: Genotype | nb201.Structure
+  model: Any  # NetworkCIFAR or nas_bench_201.TinyNetwork
   train_set: data_lib.Dataset
   test_set: data_lib.Dataset
   hp: train_lib.TrainHParams
@@ -133,8 +168,7 @@ def _setup(cfg: Mapping, need_train: bool = True, workdir: str | None = None) ->
   if workdir is not None:
     run_config.check_workdir_usable(workdir)
   dtype = run_config.run_dtype(cfg)
-  genotype = load_genotype(cfg['genotype'])
-  genotype.validate_ops(list(registry.OPS))
+  genotype = _load_genotype(cfg)
   data_dir = cfg['data_dir'] or data_lib.default_data_dir()
   test_set = data_lib.subset(
       data_lib.load_dataset(cfg['dataset'], 'test', data_dir, cfg['download']),
@@ -224,7 +258,9 @@ def _epoch_loop(s: _Setup, state, shardings, best_checkpoint) -> run_loop.EpochL
         f'training {s.genotype.to_string()}\n  on {cfg["dataset"]} '
         f'{tuple(train_set.images.shape[1:])}: {len(train_set.labels)} training, '
         f'{len(s.test_set.labels)} test examples; {hp.epochs} epochs x {spe} steps, '
-        f'{ex.describe(batch)}; lr {hp.lr:g}; {cfg["layers"]} cells, C={cfg["init_channels"]}']
+        f'{ex.describe(batch)}; lr {hp.lr:g}{" (Nesterov)" if hp.nesterov else ""}; '
+        + (f'NAS-Bench-201 skeleton, N={cfg["cells_per_stage"]}' if _nas_bench_201(cfg)
+           else f'{cfg["layers"]} cells') + f', C={cfg["init_channels"]}']
     return lines + [f'parameters: {without_aux:,} ' + (
         f'({with_aux:,} with the auxiliary head)' if cfg['auxiliary'] else '(no auxiliary head)')]
 

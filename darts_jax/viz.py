@@ -15,7 +15,7 @@ import os
 import shutil
 import subprocess
 import warnings
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -44,24 +44,48 @@ def state_name(index: int) -> str:
   return _INPUTS[index] if index < 2 else str(index - 2)
 
 
-def _nodes_for_edges(num_edges: Any) -> int:
-  """The node count whose edges (2 + 3 + ... + (nodes + 1)) number ``num_edges``."""
+class CellLayout(NamedTuple):
+  """How a space's cells are drawn: their kinds (the mixing dicts' keys), the names of the
+  states that feed a cell, and the name of its first computed node. Node i (from 0) takes every
+  input state and every earlier node."""
+  cells: tuple[str, ...]
+  inputs: tuple[str, ...]
+  first_node: int
+  title: str = '{} cell'  # a cell's panel title, from its kind
+
+  def state(self, index: int) -> str:
+    m = len(self.inputs)
+    return self.inputs[index] if index < m else str(index - m + self.first_node)
+
+
+# the DARTS cells: inputs c_{k-2}, c_{k-1}, nodes 0, 1, ...
+DARTS_LAYOUT = CellLayout(CELLS, _INPUTS, 0)
+# NAS-Bench-201's cell: input node 0, nodes 1, 2, 3 (edges '1<-0', '2<-0', '2<-1', ...)
+NB201_LAYOUT = CellLayout(('cell',), ('0',), 1, 'the cell (every cell shares it)')
+
+
+def _nodes_for_edges(num_edges: Any, layout: CellLayout = DARTS_LAYOUT) -> int:
+  """The node count whose edges (m + (m + 1) + ... for m input states) number ``num_edges``."""
   if not isinstance(num_edges, (int, np.integer)) or isinstance(num_edges, bool):
     raise ValueError(f'the number of edges must be an int, got {num_edges!r}')
+  m = len(layout.inputs)
   nodes, total = 0, 0
   while total < num_edges:
-    total += nodes + 2
+    total += nodes + m
     nodes += 1
   if nodes == 0 or total != num_edges:
-    raise ValueError(f'{num_edges} edges is no cell: node i has i + 2 inputs, so a cell has '
-                     f'2, 5, 9, 14, 20, ... edges (2 + 3 + ... + (nodes + 1))')
+    sizes = np.cumsum(np.arange(m, m + 5))
+    raise ValueError(f'{num_edges} edges is no cell: node i has i + {m} inputs, so a cell has '
+                     f'{", ".join(map(str, sizes))}, ... edges')
   return nodes
 
 
-def edge_names(num_edges: int) -> list[str]:
-  """Names of the alpha rows, in the supernet's order: ``'1<-c_{k-2}'`` is node 1's first input."""
-  nodes = _nodes_for_edges(num_edges)
-  return [f'{node}<-{state_name(j)}' for node in range(nodes) for j in range(node + 2)]
+def edge_names(num_edges: int, layout: CellLayout = DARTS_LAYOUT) -> list[str]:
+  """Names of the alpha rows, in the supernet's order: ``'1<-c_{k-2}'`` is node 1's first input
+  (DARTS); ``'2<-0'`` node 2's (NAS-Bench-201)."""
+  nodes, m = _nodes_for_edges(num_edges, layout), len(layout.inputs)
+  return [f'{node + layout.first_node}<-{layout.state(j)}' for node in range(nodes)
+          for j in range(node + m)]
 
 
 def genotype_dot(genotype: Any, cell: str) -> Any:
@@ -184,17 +208,19 @@ def save_recurrent_graph(genotype: Any, directory: str | os.PathLike, stem: str)
   return gv_path
 
 
-def _cell_mixing(mixing: Any, primitives: Sequence[str], where: str = 'mixing'
-                 ) -> dict[str, np.ndarray]:
-  """``mixing`` as ``{cell: float array (E, O)}`` in CELLS order, checked against ``primitives``."""
+def _cell_mixing(mixing: Any, primitives: Sequence[str], where: str = 'mixing',
+                 layout: CellLayout = DARTS_LAYOUT) -> dict[str, np.ndarray]:
+  """``mixing`` as ``{cell: float array (E, O)}`` in the layout's order, checked against
+  ``primitives``."""
+  cells = layout.cells
   if not isinstance(mixing, Mapping) or not mixing:
     got = sorted(mixing) if isinstance(mixing, Mapping) else type(mixing).__name__
-    raise ValueError(f'{where} must be a non-empty dict with keys from {CELLS}, got {got}')
-  unknown = [k for k in mixing if k not in CELLS]
+    raise ValueError(f'{where} must be a non-empty dict with keys from {cells}, got {got}')
+  unknown = [k for k in mixing if k not in cells]
   if unknown:
-    raise ValueError(f'{where} has unknown cells {unknown}; allowed: {CELLS}')
+    raise ValueError(f'{where} has unknown cells {unknown}; allowed: {cells}')
   out = {}
-  for cell in CELLS:
+  for cell in cells:
     if cell not in mixing:
       continue
     a = np.asarray(mixing[cell], dtype=np.float64)
@@ -202,7 +228,7 @@ def _cell_mixing(mixing: Any, primitives: Sequence[str], where: str = 'mixing'
       raise ValueError(f'{where}[{cell!r}] has shape {a.shape}; expected (E, {len(primitives)}): '
                        f'one row per edge, one column per primitive')
     try:
-      _nodes_for_edges(a.shape[0])
+      _nodes_for_edges(a.shape[0], layout)
     except ValueError as e:
       raise ValueError(f'{where}[{cell!r}] has shape {a.shape}: {e}') from None
     out[cell] = a
@@ -234,15 +260,19 @@ def _save(fig: Any, path: str | os.PathLike) -> None:
 
 
 def plot_alpha_heatmaps(mixing: Mapping[str, Any], primitives: Sequence[str],
-                        path: str | os.PathLike, title: str | None = None) -> None:
+                        path: str | os.PathLike, title: str | None = None,
+                        layout: CellLayout = DARTS_LAYOUT) -> None:
   """Side-by-side heatmaps (edges x ops) of each cell's mixing weights, saved as a PNG.
 
   ``mixing`` is ``{cell: (E, O)}`` of softmax(alpha), e.g. ``genotypes.mixing_weights(alphas)``.
   """
   primitives = _check_primitives(primitives)
-  cells = _cell_mixing(mixing, primitives)
+  cells = _cell_mixing(mixing, primitives, layout=layout)
   rows = max(a.shape[0] for a in cells.values())
-  fig = _new_figure((len(cells) * (0.75 * len(primitives) + 3.0), 0.4 * rows + 2.5))
+  # wide enough for the title's longest line (about 0.115 inch a character at its size)
+  width = max(len(cells) * (0.75 * len(primitives) + 3.0),
+              0.115 * max(map(len, (title or '').splitlines()), default=0))
+  fig = _new_figure((width, 0.4 * rows + 2.5))
   axes = fig.subplots(1, len(cells), squeeze=False)[0]
   for ax, (cell, a) in zip(axes, cells.items()):
     # a fixed 0..1 scale (mixing weights) keeps colours comparable from epoch to epoch
@@ -250,8 +280,8 @@ def plot_alpha_heatmaps(mixing: Mapping[str, Any], primitives: Sequence[str],
     im = ax.imshow(a, cmap='viridis', vmin=vmin, vmax=vmax, aspect='auto')
     ax.set_xticks(range(len(primitives)), labels=primitives, rotation=45, ha='right',
                   rotation_mode='anchor')
-    ax.set_yticks(range(a.shape[0]), labels=edge_names(a.shape[0]))
-    ax.set_title(f'{cell} cell')
+    ax.set_yticks(range(a.shape[0]), labels=edge_names(a.shape[0], layout))
+    ax.set_title(layout.title.format(cell))
     middle = (vmin + vmax) / 2
     for (e, k), v in np.ndenumerate(a):
       ax.text(k, e, f'{v:.2f}', ha='center', va='center', fontsize=7,
@@ -262,14 +292,15 @@ def plot_alpha_heatmaps(mixing: Mapping[str, Any], primitives: Sequence[str],
   _save(fig, path)
 
 
-def _history_mixing(history: Sequence[Mapping[str, Any]], primitives: Sequence[str]
-                    ) -> dict[str, np.ndarray]:
+def _history_mixing(history: Sequence[Mapping[str, Any]], primitives: Sequence[str],
+                    layout: CellLayout = DARTS_LAYOUT) -> dict[str, np.ndarray]:
   """``{cell: array (T, E, O)}`` from T epochs of mixing weights, which must agree in cells and
   shapes."""
   if isinstance(history, Mapping) or not isinstance(history, Sequence) or not history:
     raise ValueError('history must be a non-empty list with one mixing-weights dict per epoch, '
                      f'got {type(history).__name__}')
-  epochs = [_cell_mixing(h, primitives, where=f'history[{t}]') for t, h in enumerate(history)]
+  epochs = [_cell_mixing(h, primitives, where=f'history[{t}]', layout=layout)
+            for t, h in enumerate(history)]
   first = {cell: a.shape for cell, a in epochs[0].items()}
   for t, epoch in enumerate(epochs[1:], start=1):
     shapes = {cell: a.shape for cell, a in epoch.items()}
@@ -279,41 +310,43 @@ def _history_mixing(history: Sequence[Mapping[str, Any]], primitives: Sequence[s
 
 
 def plot_alpha_evolution(history: Sequence[Mapping[str, Any]], primitives: Sequence[str],
-                         path: str | os.PathLike, steps: Sequence[float] | None = None) -> None:
+                         path: str | os.PathLike, steps: Sequence[float] | None = None,
+                         layout: CellLayout = DARTS_LAYOUT) -> None:
   """Each edge's mixing weights over the epochs of ``history`` (one ``{cell: (E, O)}`` of
   softmax(alpha) per epoch), saved as a PNG.
 
   One panel grid per cell, laid out like the cell: row i is node i, column j its input j (so row i
-  has i + 2 panels); one line per op, with a legend of the primitives shared by all panels. The x
-  axis is the epoch index, or ``steps`` (one value per entry of ``history``).
+  has i + 2 panels in a DARTS cell); one line per op, with a legend of the primitives shared by
+  all panels. The x axis is the epoch index, or ``steps`` (one value per entry of ``history``).
   """
   primitives = _check_primitives(primitives)
-  cells = _history_mixing(history, primitives)
+  cells = _history_mixing(history, primitives, layout)
   n = len(history)
   x = np.arange(n) if steps is None else np.asarray(steps, dtype=np.float64)
   if x.shape != (n,):
     raise ValueError(f'steps has shape {x.shape}; expected ({n},), one value per history entry')
 
-  nodes = max(_nodes_for_edges(a.shape[1]) for a in cells.values())
+  m = len(layout.inputs)
+  nodes = max(_nodes_for_edges(a.shape[1], layout) for a in cells.values())
   panel = 1.6
-  fig = _new_figure((len(cells) * (nodes + 1) * panel + 0.5, nodes * panel + 1.2))
+  fig = _new_figure((len(cells) * (nodes + m - 1) * panel + 0.5, nodes * panel + 1.2))
   subfigs = np.atleast_1d(fig.subfigures(1, len(cells)))
   colours = importlib.import_module('matplotlib').colormaps[
       'tab10' if len(primitives) <= 10 else 'tab20']
   marker = 'o' if n == 1 else None  # a single epoch would otherwise draw nothing visible
   handles = []
   for sub, (cell, a) in zip(subfigs, cells.items()):
-    sub.suptitle(f'{cell} cell')
+    sub.suptitle(layout.title.format(cell))
     sub.supxlabel('epoch' if steps is None else 'step', fontsize=9)
     sub.supylabel('softmax weight', fontsize=9)
-    cell_nodes = _nodes_for_edges(a.shape[1])
-    grid = sub.subplots(cell_nodes, cell_nodes + 1, squeeze=False, sharex=True, sharey=True)
-    names = edge_names(a.shape[1])
+    cell_nodes = _nodes_for_edges(a.shape[1], layout)
+    grid = sub.subplots(cell_nodes, cell_nodes + m - 1, squeeze=False, sharex=True, sharey=True)
+    names = edge_names(a.shape[1], layout)
     e = 0
     for node in range(cell_nodes):
-      for j in range(cell_nodes + 1):
+      for j in range(cell_nodes + m - 1):
         ax = grid[node, j]
-        if j >= node + 2:
+        if j >= node + m:
           ax.set_axis_off()
           continue
         lines = [ax.plot(x, a[:, e, k], color=colours(k % colours.N), marker=marker,
@@ -323,8 +356,9 @@ def plot_alpha_evolution(history: Sequence[Mapping[str, Any]], primitives: Seque
         ax.set_ylim(min(0.0, float(a.min())), max(1.0, float(a.max())))
         ax.tick_params(labelsize=6)
         e += 1
-  fig.legend(handles, primitives, loc='outside lower center', ncol=min(len(primitives), 8),
-             fontsize=8)
+  width = fig.get_figwidth()  # about 1.4 inches per legend entry
+  fig.legend(handles, primitives, loc='outside lower center',
+             ncol=max(1, min(len(primitives), 8, int(width // 1.4))), fontsize=8)
   _save(fig, path)
 
 

@@ -132,6 +132,8 @@ def _cli(*args, devices=1):
     (['--config=experiments/configs/search.py:huge'], "unknown preset 'huge'; allowed: paper"),
     (['--config.no_such_key=1'], 'no_such_key'),
     (['--config.estimator=second'], "estimator='second' is unknown; allowed: first_order"),
+    (['--config.search_space=nb201'], "search_space='nb201' is unknown; allowed: darts_cnn, "
+                                      'nas_bench_201'),
     (['--config.batch_norm=sync'], "batch_norm='sync': allowed: global, per_device"),
     (['--config.compute_dtype=float16'], "compute_dtype='float16': allowed: '' (the dtype), "
                                          'bfloat16'),

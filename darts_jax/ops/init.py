@@ -50,8 +50,9 @@ def torch_default_init(key: jax.Array, shapes: Mapping[str, Any], dtype=None) ->
     elif leaf == 'mean' or (leaf == 'bias' and 'scale' in sib):
       value = np.zeros(shape)
     else:
-      if leaf == 'bias' and 'kernel' in sib:
-        fan_in = sib['kernel'].shape[0]
+      if leaf == 'bias' and 'kernel' in sib:  # a linear layer's (in, out) or a conv's HWIO
+        kernel = sib['kernel'].shape
+        fan_in = int(np.prod(kernel[:-1])) if len(kernel) == 4 else kernel[0]
       elif leaf != 'kernel':
         raise KeyError(f'no default initialiser known for {"/".join(names)}')
       elif parent.startswith('dw'):

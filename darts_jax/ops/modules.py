@@ -223,19 +223,24 @@ class PerEdge(nn.Module):
 
 
 class Conv(nn.Module):
-  """Dense kxk convolution without bias (stems and auxiliary heads)."""
+  """Dense kxk convolution (stems and auxiliary heads; NAS-Bench-201's ops), without bias unless
+  ``use_bias``."""
   c_in: int
   c_out: int
   kernel_size: int
   stride: int = 1
   padding: int = 0
+  use_bias: bool = False
 
   @nn.compact
   def __call__(self, x):
     k = self.kernel_size
-    kernel = self.param('kernel', init.torch_uniform(k * k * self.c_in),
-                        (k, k, self.c_in, self.c_out), x.dtype)
-    return kernels.conv2d(x, kernel, self.stride, self.padding)
+    uniform = init.torch_uniform(k * k * self.c_in)  # the bias too, as in PyTorch
+    kernel = self.param('kernel', uniform, (k, k, self.c_in, self.c_out), x.dtype)
+    y = kernels.conv2d(x, kernel, self.stride, self.padding)
+    if self.use_bias:
+      y = y + self.param('bias', uniform, (self.c_out,), x.dtype)[None, None, None, :]
+    return y
 
 
 class Linear(nn.Module):

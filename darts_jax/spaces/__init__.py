@@ -21,7 +21,8 @@ then binds it to its :class:`StepContext`.
 A reference file of the original code is checked by the space's :class:`ReferenceFormat`
 (``darts_jax.reference`` tells the format from the file's keys).
 
-The CNN space of the paper is ``darts_jax.spaces.cnn``. A new space is a new module here that
+The CNN space of the paper is ``darts_jax.spaces.cnn``, NAS-Bench-201's
+``darts_jax.spaces.nas_bench_201``. A new space is a new module here that
 builds a ``SearchSpace`` (and a ``ReferenceFormat`` for its reference files); the run loop, the
 search step and the estimators stay as they are.
 """
@@ -84,6 +85,9 @@ class SearchSpace(NamedTuple):
   # the choices without parameters of their own (skip, pooling): the health report counts them
   # in each derived genotype, where a collapsed search piles them up
   parameter_free: tuple[str, ...] = ()
+  # the genotype rule of a method that draws one op per edge (GDAS), where the space has one of
+  # its own (the DARTS cell's top-2 edges by their strongest op alone); None: ``genotype``
+  one_hot_genotype: Callable[[Pytree], Any] | None = None
 
 
 class ReferenceFormat(NamedTuple):

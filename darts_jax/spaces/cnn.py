@@ -23,7 +23,7 @@ from darts_jax import hypergradient as hg
 from darts_jax import interop
 from darts_jax import search as search_lib
 from darts_jax.genotypes import (PARAMETER_FREE, PRIMITIVES, Genotype, derive_genotype,
-                                 parse_genotype)
+                                 derive_genotype_by_pairs, parse_genotype)
 from darts_jax.networks import NetworkCIFAR
 from darts_jax.spaces import ReferenceFormat, SearchSpace, verify_sections
 from darts_jax.supernet import (SupernetConfig, architecture_mixing, check_image_size, init_alphas,
@@ -67,7 +67,9 @@ def make_space(config: SupernetConfig) -> SearchSpace:
       make_mixing_loss=lambda train=True, compute_dtype=None: make_mixing_loss(
           config, train, compute_dtype),
       architecture_mixing=lambda alphas, dtype: architecture_mixing(alphas, dtype, config.nodes),
-      parameter_free=tuple(op for op in config.primitives if op in PARAMETER_FREE))
+      parameter_free=tuple(op for op in config.primitives if op in PARAMETER_FREE),
+      one_hot_genotype=lambda alphas: derive_genotype_by_pairs(
+          alphas, config.primitives, config.nodes, config.multiplier))
 
 
 def _mixing(alphas, nodes: int = 4) -> dict[str, np.ndarray]:

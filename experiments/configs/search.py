@@ -11,6 +11,11 @@ real data, no download, a few minutes on 2 CPU cores) and ``pc_darts`` (PC-DARTS
 search, its train_search.py), and one preset per member of the DARTS family with its paper's
 recipe: ``gdas``, ``drnas``, ``sdarts_rs``, ``sdarts_adv``, ``darts_minus``. Any preset searches
 as another member with ``--config.method=NAME`` (README "The DARTS family").
+``nas_bench_201`` is NAS-Bench-201's DARTS search in its own space; any preset searches that space
+with ``--config.search_space=nas_bench_201`` (README "NAS-Bench-201"), e.g. the demo:
+
+  python -m experiments.cifar_search --config=experiments/configs/search.py:demo \
+      --config.search_space=nas_bench_201 --workdir=/tmp/nb201
 """
 
 import ml_collections
@@ -46,6 +51,10 @@ RECIPES = {
     'sdarts_adv': dict(method='sdarts_adv', primitives=SEVEN_OPS, estimator='first_order'),
     # DARTS-'s run_darts_minus.sh: the DARTS recipe, first order, the auxiliary skip from beta 1
     'darts_minus': dict(method='darts_minus', estimator='first_order'),
+    # NAS-Bench-201's DARTS search (AutoDL-Projects, DARTS-V2.sh and algos/DARTS.config): its
+    # cell and skeleton (C=16, N=5), 50 epochs, batch 64, SGD 0.025 cosine to 0.001 (theirs
+    # Nesterov), weight decay 5e-4, clip 5; Adam 3e-4, weight decay 1e-3; second order
+    'nas_bench_201': dict(search_space='nas_bench_201', w_weight_decay=5e-4),
 }
 PRESETS = ('paper', 'tiny', 'demo') + tuple(RECIPES)
 
@@ -83,6 +92,11 @@ def get_config(preset: str = 'paper') -> ml_collections.ConfigDict:
   c.sdarts_epsilon = 0.3  # SDARTS's final perturbation radius (linear from 0.03)
   c.sdarts_pgd_steps = 7  # SDARTS-ADV's attack steps
   c.darts_minus_beta = 1.0  # DARTS-'s initial auxiliary skip coefficient (linear to 0)
+
+  # the search space: darts_cnn (the paper's cells) or nas_bench_201 (NAS-Bench-201's cell and
+  # skeleton, of which init_channels, cells_per_stage and primitives apply)
+  c.search_space = 'darts_cnn'
+  c.cells_per_stage = 5  # NAS-Bench-201's N: cells per stage (3 stages)
 
   # supernet (the paper's search network: 8 cells, C=16, 4 intermediate nodes per cell)
   c.init_channels = net.C

@@ -8,7 +8,13 @@ Pick a preset after the file name and override any key on the command line:
 Presets: ``paper`` (the default: the paper's CIFAR-10 evaluation, 600 epochs of the 20-cell,
 C=36 network), ``tiny`` (a CPU smoke test on CIFAR-10: 3 cells, C=4, 64 images, 2 epochs) and
 ``demo`` (the demo search's genotype trained on scikit-learn's bundled digits: real data, no
-download, a few minutes on 2 CPU cores).
+download, a few minutes on 2 CPU cores) and ``nas_bench_201`` (a NAS-Bench-201 architecture
+trained as the benchmark trained its table's networks: 200 epochs, batch 256, SGD 0.1 Nesterov
+cosine to 0, weight decay 5e-4, no clipping, no auxiliary head, drop path or cutout). Its
+``genotype`` is an architecture's string form or a NAS-Bench-201 search's workdir, e.g.
+
+  python -m experiments.cifar_train --config=experiments/configs/train.py:nas_bench_201 \
+      --config.genotype=runs/nb201_search --workdir=runs/nb201_train
 """
 
 import ml_collections
@@ -16,7 +22,10 @@ import ml_collections
 from darts_jax.train import TrainHParams
 from experiments.configs.scale_out import add_scale_out_keys
 
-PRESETS = ('paper', 'tiny', 'demo')
+PRESETS = ('paper', 'tiny', 'demo', 'nas_bench_201')
+# the benchmark's architecture 9930 (its table: 1.289 MB of parameters on CIFAR-10)
+NB201_ARCH_9930 = ('|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+'
+                   '|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|')
 
 
 def get_config(preset: str = 'paper') -> ml_collections.ConfigDict:
@@ -45,6 +54,12 @@ def get_config(preset: str = 'paper') -> ml_collections.ConfigDict:
 
   add_scale_out_keys(c, base_batch=96)  # devices, hosts, BN semantics, bf16, lr scaling
 
+  # the networks of which search space: darts_cnn (NetworkCIFAR around a DARTS genotype) or
+  # nas_bench_201 (the benchmark's skeleton around one of its cells: init_channels and
+  # cells_per_stage apply; genotype is its string form |op~0|+|...| or a search workdir)
+  c.search_space = 'darts_cnn'
+  c.cells_per_stage = 5  # NAS-Bench-201's N
+
   # the evaluation network (NetworkCIFAR)
   c.init_channels = 36
   c.layers = 20
@@ -61,7 +76,8 @@ def get_config(preset: str = 'paper') -> ml_collections.ConfigDict:
   c.lr_min = paper.lr_min
   c.momentum = paper.momentum
   c.weight_decay = paper.weight_decay
-  c.grad_clip = paper.grad_clip
+  c.grad_clip = paper.grad_clip  # 0: no clipping
+  c.nesterov = paper.nesterov
 
   # what the run shows and keeps
   c.eval_every = 1  # epochs between test-set evaluations (the last epoch is always evaluated)
@@ -80,6 +96,23 @@ def get_config(preset: str = 'paper') -> ml_collections.ConfigDict:
     c.batch_size = 16
     c.log_every = 2
     c.checkpoint_every = 2
+  elif preset == 'nas_bench_201':
+    # AutoDL-Projects configs/nas-benchmark/hyper-opts/200E.config, the benchmark's C=16, N=5
+    c.search_space = 'nas_bench_201'
+    c.genotype = NB201_ARCH_9930
+    c.init_channels = 16
+    c.cutout_length = 0
+    c.auxiliary = False
+    c.drop_path_prob = 0.0
+    c.epochs = 200
+    c.batch_size = 256
+    c.lr_base_batch = 256
+    c.lr = 0.1
+    c.lr_min = 0.0
+    c.momentum = 0.9
+    c.nesterov = True
+    c.weight_decay = 5e-4
+    c.grad_clip = 0.0
   elif preset == 'demo':
     c.genotype = 'runs/demo'  # the workdir of the README's demo search
     c.dataset = 'digits'
