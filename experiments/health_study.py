@@ -22,8 +22,8 @@ from experiments import cli
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs',
                               'search.py') + ':demo'
-KEYS = ('dominant_eigenvalue', 'parameter_free_normal', 'parameter_free_reduce', 'val_acc',
-        'second_order_share')
+KEYS = ('dominant_eigenvalue', 'val_acc', 'second_order_share')
+CELL_KEYS = ('parameter_free_', 'entropy_')  # per cell kind: normal, reduce; NAS-Bench-201's cell
 
 
 def study(cfg: dict, workdir: str, estimators, log=print) -> dict:
@@ -34,23 +34,29 @@ def study(cfg: dict, workdir: str, estimators, log=print) -> dict:
   if bad or not estimators:
     raise ValueError(f'estimators={estimators!r}: allowed {", ".join(hypergradient.ESTIMATORS)}')
   cfg = dict(cfg, hessian_every=cfg['hessian_every'] or 1)
-  out = {'config': {k: cfg[k] for k in ('dataset', 'layers', 'init_channels', 'epochs',
-                                        'batch_size', 'hessian_batch', 'seed')}, 'runs': {}}
+  out = {'config': {k: cfg.get(k) for k in ('dataset', 'search_space', 'layers',
+                                            'cells_per_stage', 'init_channels', 'epochs',
+                                            'batch_size', 'hessian_every', 'hessian_batch',
+                                            'seed')}, 'runs': {}}
   for estimator in estimators:
     directory = os.path.join(workdir, estimator)
     log(f'== {estimator}: {directory}')
     run_search(dict(cfg, estimator=estimator), directory, log=log)
     with open(os.path.join(directory, 'metrics.jsonl')) as f:
       records = [r for r in map(json.loads, f) if r.get('kind') == 'epoch']
-    out['runs'][estimator] = [{'epoch': r['epoch'], **{k: r.get(k) for k in KEYS}}
-                              for r in records]
+    out['runs'][estimator] = [
+        {'epoch': r['epoch'], 'genotype': r['genotype_str'], **{k: r.get(k) for k in KEYS},
+         **{k: v for k, v in r.items() if k.startswith(CELL_KEYS)}} for r in records]
   return out
 
 
 def plot(result: dict, path: str) -> None:
   from darts_jax import viz
-  curves = {e: [r['dominant_eigenvalue'] for r in rows] for e, rows in result['runs'].items()}
-  epochs = [r['epoch'] for r in next(iter(result['runs'].values()))]
+  # the epochs the Hessian was evaluated at (every hessian_every epochs and the last)
+  evaluated = lambda rows: [r for r in rows if r['dominant_eigenvalue'] is not None]  # noqa
+  curves = {e: [r['dominant_eigenvalue'] for r in evaluated(rows)]
+            for e, rows in result['runs'].items()}
+  epochs = [r['epoch'] for r in evaluated(next(iter(result['runs'].values())))]
   viz.plot_curves(epochs, curves, path, 'dominant eigenvalue of the Hessian in alpha')
 
 
@@ -70,7 +76,8 @@ def run(config: dict, workdir: str, extra: dict) -> None:
   except ImportError as e:
     print(f'note: no plot ({e})')
   for estimator, rows in result['runs'].items():
-    print(estimator, ' '.join(f'{r["dominant_eigenvalue"]:.4g}' for r in rows))
+    print(estimator, ' '.join(f'{r["dominant_eigenvalue"]:.4g}' for r in rows
+                              if r['dominant_eigenvalue'] is not None))
 
 
 if __name__ == '__main__':

@@ -233,8 +233,7 @@ def _search_config(data_dir, **overrides):
 
 
 @pytest.mark.slow
-def test_search_writes_the_benchmark_string_and_health_and_resumes_bitwise(data_dir, tmp_path,
-                                                                            monkeypatch):
+def test_search_writes_the_benchmark_string_and_the_health_report(data_dir, tmp_path):
   config = _search_config(data_dir, estimator='first_order')
   full = run_search(config, str(tmp_path / 'full'), log=lambda s: None)
   text = (tmp_path / 'full' / 'genotype.txt').read_text().strip()
@@ -253,11 +252,22 @@ def test_search_writes_the_benchmark_string_and_health_and_resumes_bitwise(data_
   assert {'hessian_eigenvalue.png', 'collapse_diagnostics.png', 'alpha_evolution.png',
           'alphas_epoch002.png'} <= set(os.listdir(tmp_path / 'full' / 'plots'))
 
+
+@pytest.mark.slow
+@pytest.mark.extended
+def test_an_exact_search_with_the_health_report_resumes_bitwise(data_dir, tmp_path,
+                                                                 monkeypatch):
+  config = _search_config(data_dir, plots=False)
+  full = run_search(config, str(tmp_path / 'full'), log=lambda s: None)
+  # Ctrl-C after 3 of the 10 steps (checkpoint_every=2): resumed, the same state bit for bit
   interrupt_after(3, lambda: run_search(config, str(tmp_path / 'resumed'), log=lambda s: None),
                   monkeypatch)
   resumed = run_search(config, str(tmp_path / 'resumed'), log=lambda s: None)
   for x, y in zip(leaves(full.state), leaves(resumed.state), strict=True):
     np.testing.assert_array_equal(x, y)
+  eigenvalues = lambda d: [r['dominant_eigenvalue'] for r in map(  # noqa: E731
+      json.loads, open(tmp_path / d / 'metrics.jsonl')) if r['kind'] == 'epoch']
+  assert eigenvalues('resumed') == eigenvalues('full')
 
 
 @pytest.mark.slow
