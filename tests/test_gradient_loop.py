@@ -83,6 +83,7 @@ def _program_lines(estimator, loop):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # a compile-size guard: 35 s of CI's 13 minutes
 def test_each_derivative_program_appears_once(x64):
   # finite difference: five gradients written out, one in the loop (plus the points'
   # elementwise work, a large share in a network this small: measured 45,904 and 15,754 lines)

@@ -233,24 +233,34 @@ def _search_config(data_dir, **overrides):
 
 
 @pytest.mark.slow
-def test_search_writes_the_benchmark_string_and_the_health_report(data_dir, tmp_path):
-  config = _search_config(data_dir, estimator='first_order')
-  full = run_search(config, str(tmp_path / 'full'), log=lambda s: None)
-  text = (tmp_path / 'full' / 'genotype.txt').read_text().strip()
-  assert NB201_STRING.match(text) and text == full.genotype.to_string()
-  records = [json.loads(l) for l in open(tmp_path / 'full' / 'metrics.jsonl')]
+def test_search_writes_the_benchmark_string_the_health_report_and_stops_early(data_dir,
+                                                                            tmp_path):
+  """The health report as a run writes it, with DARTS-ES under a rule made to fire: the search
+  stops after epoch 2 and returns epoch 1's architecture, in the benchmark's string form."""
+  config = _search_config(data_dir, estimator='first_order', epochs=4, early_stop='darts_es',
+                          **test_search_loop.FIRING_RULE)
+  result = run_search(config, str(tmp_path / 'es'), log=lambda s: None)
+  records = [json.loads(l) for l in open(tmp_path / 'es' / 'metrics.jsonl')]
   epochs = [r for r in records if r['kind'] == 'epoch']
-  assert [r['epoch'] for r in epochs] == [1, 2]
+  assert int(result.state.step) == 10 and [r['epoch'] for r in epochs] == [1, 2]
+  assert epochs[1]['early_stop']['stop_epoch'] == 1
+  assert result.genotype.to_dict() == epochs[0]['genotype']
+  text = (tmp_path / 'es' / 'genotype.txt').read_text().strip()
+  assert NB201_STRING.match(text) and text == result.genotype.to_string()
   for r in epochs:
-    h = np.load(tmp_path / 'full' / 'hessian' / f'epoch_{r["epoch"]:03d}.npy')
+    h = np.load(tmp_path / 'es' / 'hessian' / f'epoch_{r["epoch"]:03d}.npy')
     assert h.shape == (30, 30)  # 6 edges x 5 ops
     assert r['dominant_eigenvalue'] == pytest.approx(np.linalg.eigvalsh(
         h.astype(np.float64))[-1], rel=1e-6)
+    assert r['dominant_eigenvalue'] > 0 and r['hessian_examples'] == 16
     assert r['parameter_free_cell'] == sum(op in nb.PARAMETER_FREE for op, _ in r['genotype'][
         'cell'])
     assert r['second_order_share'] == 0 and r['entropy_cell'] <= np.log(5)
+    assert 0 <= r['margin_cell'] <= 1
   assert {'hessian_eigenvalue.png', 'collapse_diagnostics.png', 'alpha_evolution.png',
-          'alphas_epoch002.png'} <= set(os.listdir(tmp_path / 'full' / 'plots'))
+          'alphas_epoch002.png'} <= set(os.listdir(tmp_path / 'es' / 'plots'))
+  # the run is complete: called again, it steps no further
+  assert int(run_search(config, str(tmp_path / 'es'), log=lambda s: None).state.step) == 10
 
 
 @pytest.mark.slow

@@ -193,6 +193,7 @@ FIRING_RULE = dict(hessian_every=1, hessian_batch=16, es_window=1, es_delta=1, e
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # the suite runs the same on NAS-Bench-201's space (test_nas_bench_201.py)
 def test_health_report_and_darts_es(data_dir, tmp_path):
   """The health report as a run writes it, and DARTS-ES with the firing rule: it stops after
   epoch 2 and returns epoch 1's genotype."""

@@ -11,8 +11,9 @@ real data, no download, a few minutes on 2 CPU cores) and ``pc_darts`` (PC-DARTS
 search, its train_search.py), and one preset per member of the DARTS family with its paper's
 recipe: ``gdas``, ``drnas``, ``sdarts_rs``, ``sdarts_adv``, ``darts_minus``. Any preset searches
 as another member with ``--config.method=NAME`` (README "The DARTS family").
-``nas_bench_201`` is NAS-Bench-201's DARTS search in its own space; any preset searches that space
-with ``--config.search_space=nas_bench_201`` (README "NAS-Bench-201"), e.g. the demo:
+``nas_bench_201`` is NAS-Bench-201's DARTS search in its own space; a preset without an op list of
+its own (not drnas, sdarts_*) searches that space with ``--config.search_space=nas_bench_201``
+(README "NAS-Bench-201"), e.g. the demo:
 
   python -m experiments.cifar_search --config=experiments/configs/search.py:demo \
       --config.search_space=nas_bench_201 --workdir=/tmp/nb201
