@@ -182,7 +182,8 @@ def test_cifar_download(tmp_path, monkeypatch, good_md5):
 
 
 def test_load_dataset_names_and_dirs(monkeypatch, tmp_path):
-  with pytest.raises(ValueError, match=r"'cifar100'.*'cifar10', 'digits'"):
+  with pytest.raises(ValueError, match=r"'cifar100'.*'cifar10', 'mnist', 'fashion_mnist', "
+                     r"'digits'"):
     data.load_dataset('cifar100', 'train')
   with pytest.raises(ValueError, match="'val'"):
     data.load_cifar10(tmp_path, 'val')
@@ -190,6 +191,104 @@ def test_load_dataset_names_and_dirs(monkeypatch, tmp_path):
   assert data.default_data_dir() == tmp_path
   monkeypatch.delenv('DARTS_JAX_DATA_DIR')
   assert str(data.default_data_dir()).endswith('.cache/darts_jax')
+
+
+# ------------------------------------------------------------------------- MNIST, Fashion-MNIST
+
+
+def write_idx(path, array, type_code=0x08):
+  """A gzipped IDX file of ``array`` (unsigned bytes), as the official files are written."""
+  import gzip
+  header = bytes([0, 0, type_code, array.ndim]) + b''.join(
+      int(n).to_bytes(4, 'big') for n in array.shape)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with gzip.open(path, 'wb') as f:
+    f.write(header + np.asarray(array, np.uint8).tobytes())
+  return path
+
+
+def write_idx_set(folder, n_train=5, n_test=3, seed=0):
+  rng = np.random.default_rng(seed)
+  out = {}
+  for prefix, n in (('train', n_train), ('t10k', n_test)):
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    labels = (np.arange(n) % 10).astype(np.uint8)
+    write_idx(folder / f'{prefix}-images-idx3-ubyte.gz', images)
+    write_idx(folder / f'{prefix}-labels-idx1-ubyte.gz', labels)
+    out[prefix] = (images, labels)
+  return out
+
+
+@pytest.mark.parametrize('name', ['mnist', 'fashion_mnist'])
+def test_idx_datasets_read_the_official_layout(tmp_path, monkeypatch, name):
+  monkeypatch.setattr(urllib.request, 'urlopen', lambda *a, **k: pytest.fail('network used'))
+  written = write_idx_set(tmp_path / name)
+  for split, prefix in (('train', 'train'), ('test', 't10k')):
+    ds = data.load_dataset(name, split, tmp_path, download=False)
+    images, labels = written[prefix]
+    assert ds.images.shape == (len(labels), 28, 28, 1) and ds.images.dtype == np.uint8
+    np.testing.assert_array_equal(ds.images[..., 0], images)
+    np.testing.assert_array_equal(ds.labels, labels)
+    assert ds.labels.dtype == np.int32 and ds.num_classes == 10 and ds.name == name
+    # pt.darts's constants, the training images' statistics on the [0, 1] scale
+    assert (ds.mean, ds.std) == {'mnist': ((0.1307,), (0.3081,)),
+                                 'fashion_mnist': ((0.2860,), (0.3530,))}[name]
+
+
+def test_idx_errors_name_the_file(tmp_path):
+  folder = tmp_path / 'mnist'
+  write_idx_set(folder)
+  # a float type code, a wrong dimension count, a truncated body, not gzip, unequal counts
+  bad = folder / 'train-images-idx3-ubyte.gz'
+  write_idx(bad, np.zeros((2, 28, 28), np.uint8), type_code=0x0D)
+  with pytest.raises(DataError, match=r'train-images-idx3-ubyte.gz: not an IDX file of unsigned '
+                                      r'bytes with 3 dimensions \(header 00000d03'):
+    data.load_dataset('mnist', 'train', tmp_path, download=False)
+  write_idx(bad, np.zeros((2, 28), np.uint8))
+  with pytest.raises(DataError, match='with 3 dimensions'):
+    data.load_dataset('mnist', 'train', tmp_path, download=False)
+  import gzip
+  with gzip.open(bad, 'wb') as f:
+    f.write(bytes([0, 0, 8, 3]) + (4).to_bytes(4, 'big') + (28).to_bytes(4, 'big') * 2 + b'x')
+  with pytest.raises(DataError, match=r'header gives shape \(4, 28, 28\) \(3136 bytes\), the '
+                                      r'file holds 1'):
+    data.load_dataset('mnist', 'train', tmp_path, download=False)
+  bad.write_bytes(b'not gzip')
+  with pytest.raises(DataError, match='train-images-idx3-ubyte.gz: not a readable gzip file'):
+    data.load_dataset('mnist', 'train', tmp_path, download=False)
+  write_idx(bad, np.zeros((4, 28, 28), np.uint8))
+  with pytest.raises(DataError, match='holds 4 images, .* 5 labels'):
+    data.load_dataset('mnist', 'train', tmp_path, download=False)
+
+
+def test_idx_missing_files_download_or_fail_in_one_line(tmp_path, monkeypatch):
+  from darts_jax.data import mnist
+  with pytest.raises(DataError) as info:
+    data.load_dataset('fashion_mnist', 'test', tmp_path, download=False)
+  message = str(info.value)
+  assert str(tmp_path / 'fashion_mnist' / 't10k-images-idx3-ubyte.gz') in message
+  assert mnist.SOURCES['fashion_mnist'].url + 't10k-images-idx3-ubyte.gz' in message
+  assert '\n' not in message
+  # downloaded: each missing file fetched from its URL, checked against its md5
+  source = write_idx_set(tmp_path / 'source')
+  blobs = {p.name: p.read_bytes() for p in (tmp_path / 'source').iterdir()}
+  fetched = []
+
+  def urlopen(url, timeout):
+    fetched.append(url.rsplit('/', 1)[1])
+    return FakeResponse(blobs[fetched[-1]])
+
+  monkeypatch.setattr(urllib.request, 'urlopen', urlopen)
+  md5 = {k: hashlib.md5(v).hexdigest() for k, v in blobs.items()}
+  monkeypatch.setitem(mnist.SOURCES, 'mnist', mnist.SOURCES['mnist']._replace(md5=md5))
+  test = data.load_dataset('mnist', 'test', tmp_path / 'cache')
+  assert sorted(fetched) == ['t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz']
+  np.testing.assert_array_equal(test.labels, source['t10k'][1])
+  bad_md5 = dict(md5, **{'train-images-idx3-ubyte.gz': '0' * 32})
+  monkeypatch.setitem(mnist.SOURCES, 'mnist', mnist.SOURCES['mnist']._replace(md5=bad_md5))
+  with pytest.raises(DataError, match='md5'):
+    data.load_dataset('mnist', 'train', tmp_path / 'cache')
+  assert not (tmp_path / 'cache' / 'mnist' / 'train-images-idx3-ubyte.gz').exists()
 
 
 # ------------------------------------------------------------------------------------ digits

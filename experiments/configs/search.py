@@ -70,7 +70,7 @@ def get_config(preset: str = 'paper') -> ml_collections.ConfigDict:
   c.preset = preset
   # data: cifar10 reads data_dir/cifar-10-python.tar.gz (data_dir '' -> $DARTS_JAX_DATA_DIR or
   # ~/.cache/darts_jax); digits is scikit-learn's bundled 8x8 digits
-  c.dataset = 'cifar10'
+  c.dataset = 'cifar10'  # cifar10, mnist, fashion_mnist (DATA_DIR/NAME/*.gz), digits
   c.data_dir = ''
   c.download = True
   c.max_examples = 0  # use only the first N training images (0: all)

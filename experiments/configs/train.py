@@ -41,7 +41,7 @@ def get_config(preset: str = 'paper') -> ml_collections.ConfigDict:
   c.genotype = 'DARTS_V2'
 
   # data: training on the whole training set, evaluation on the test set (as the original)
-  c.dataset = 'cifar10'
+  c.dataset = 'cifar10'  # cifar10, mnist, fashion_mnist (DATA_DIR/NAME/*.gz), digits
   c.data_dir = ''  # '' -> $DARTS_JAX_DATA_DIR or ~/.cache/darts_jax
   c.download = True
   c.max_examples = 0  # use only the first N training images (0: all)
