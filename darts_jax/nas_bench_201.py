@@ -514,7 +514,8 @@ def make_loss(config: NB201Config, train: bool = True, compute_dtype=None):
 _BN_NAMES = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}
 
 
-def _original_names(modules_path: tuple[str, ...], leaf: str, primitives) -> list[str]:
+def _original_names(modules_path: tuple[str, ...], leaf: str, primitives,
+                    max_nodes: int) -> list[str]:
   """The benchmark code's ``state_dict`` names of one of our leaves (several for a stacked op:
   its edges' in order)."""
   top = modules_path[0]
@@ -529,7 +530,8 @@ def _original_names(modules_path: tuple[str, ...], leaf: str, primitives) -> lis
     return [f'{cell}.downsample.1.weight']
   if part.startswith('edges_'):  # a search cell's op on the edges leaving node j
     j, k = int(part[len('edges_'):]), primitives.index(modules_path[2])
-    ops = [f'{cell}.edges.{{t}}<-{j}.{k}.op']  # t: each target node, filled in by the caller
+    # one entry per edge leaving node j, targets j + 1, ... in order
+    ops = [f'{cell}.edges.{t}<-{j}.{k}.op' for t in range(j + 1, max_nodes)]
   elif part.startswith('edge_'):  # an architecture's op on edge (i, j)
     i, j = map(int, part[len('edge_'):].split('_'))
     ops = [f'{cell}.layers.{edge_index(i, j)}.op']
@@ -548,10 +550,7 @@ def from_original(named: Mapping[str, np.ndarray], shapes: Mapping[str, Any],
   cell's per-edge ops are stacked on output channels). A KeyError names a missing entry."""
   def value(path, shape):
     names = tuple(getattr(p, 'key', str(p)) for p in path)
-    keys = _original_names(names[1:-1], names[-1], tuple(primitives))
-    if '{t}' in keys[0]:  # one entry per edge leaving node j: targets j + 1, ..., in order
-      j = int(next(n for n in names if n.startswith('edges_'))[len('edges_'):])
-      keys = [keys[0].format(t=t) for t in range(j + 1, max_nodes)]
+    keys = _original_names(names[1:-1], names[-1], tuple(primitives), max_nodes)
     parts = []
     for key in keys:
       if key not in named:
