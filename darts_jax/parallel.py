@@ -178,9 +178,18 @@ class BatchFeed:
     if index.shape != (self.batch_size,):
       raise ValueError(f'a global batch has {self.batch_size} indices, got shape {index.shape}')
     local = index[self.rows]
+    return self.from_local(*(np.asarray(a[local]) for a in arrays))
+
+  def from_local(self, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
+    """Global batches from this process's rows ``self.rows`` of each, already gathered (a
+    loader that decodes only those rows)."""
+    size = self.rows.stop - self.rows.start
+    for a in arrays:
+      if len(a) != size:
+        raise ValueError(f'this process holds rows {self.rows.start}..{self.rows.stop - 1} of '
+                         f'the batch ({size}), got {len(a)}')
     return tuple(jax.make_array_from_process_local_data(
-        self.sharding, np.asarray(a[local]), (self.batch_size, *np.shape(a)[1:]))
-                 for a in arrays)
+        self.sharding, np.asarray(a), (self.batch_size, *np.shape(a)[1:])) for a in arrays)
 
 
 # ----------------------------------------------------------------------------------------------

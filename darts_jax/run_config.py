@@ -69,6 +69,11 @@ BEFORE_HEALTH = {'hessian_every': 0, 'hessian_batch': 64, 'hessian_lanczos_steps
 # what a run started before NAS-Bench-201's space existed did: the DARTS space, training
 # without Nesterov momentum
 BEFORE_SPACES = {'search_space': 'darts_cnn', 'cells_per_stage': 5, 'nesterov': False}
+# what a run started before the datasets beyond CIFAR existed did: it read an archive into
+# memory and augmented it with crop and flip, and trained with a cosine schedule, no smoothing
+BEFORE_DATASETS = {'data_source': '', 'augmentation': '', 'image_size': 0, 'resize_size': 256,
+                   'loader_workers': 0, 'loader_threads': 8, 'lr_schedule': 'cosine',
+                   'lr_gamma': 0.97, 'label_smoothing': 0.0}
 # every config key the scale-out added (experiments/configs/scale_out.py, num_devices aside)
 SCALE_OUT_KEYS = tuple(BEFORE_SCALE_OUT) + ('lr_base_batch',) + PROCESS_KEYS
 # config keys an earlier version called otherwise (old -> new): its runs still resume
@@ -76,7 +81,7 @@ RENAMED_KEYS = {'steps': 'nodes'}  # a cell's intermediate nodes
 # what may differ from a training run's own config when its checkpoint is evaluated: where the
 # data is, how much of it, on which devices and in which precision (and how processes meet)
 EVALUATION_KEYS = ('data_dir', 'download', 'max_test_examples', 'num_devices',
-                   'compute_dtype') + PROCESS_KEYS
+                   'compute_dtype', 'loader_workers', 'loader_threads') + PROCESS_KEYS
 
 
 class Execution(NamedTuple):
@@ -137,7 +142,7 @@ def check_workdir(workdir: str, cfg: Mapping, may_differ: tuple[str, ...], main:
     may_differ += ('lr_base_batch',)  # unused then
   # what an older run's config lacks means these values, for the keys this kind of run has
   absent_means = {k: v for k, v in {**BEFORE_SCALE_OUT, **BEFORE_METHODS, **BEFORE_HEALTH,
-                                     **BEFORE_SPACES}.items() if k in cfg}
+                                     **BEFORE_SPACES, **BEFORE_DATASETS}.items() if k in cfg}
   check = lambda write: ckpt_lib.check_run_config(  # noqa: E731
       workdir, cfg, may_differ, write, absent_means=absent_means, renamed=RENAMED_KEYS)
   resumed = check(True) if main else False
@@ -163,12 +168,13 @@ def evaluation_config(stored: Mapping, given: Mapping, defaults: Mapping, workdi
   differs from its preset (``defaults``). A run from before the scale-out keys takes the
   preset's values of them; its genotype is the run's ``genotype.txt``, as trained, even if the
   genotype's source has moved since."""
-  missing = sorted(set(given) - set(stored) - set(SCALE_OUT_KEYS))
+  missing = sorted(set(given) - set(stored) - set(SCALE_OUT_KEYS) - set(BEFORE_DATASETS))
   if missing:
     raise ValueError(f'--workdir={workdir} is not a training run (its config.json has no '
                      f'{", ".join(missing[:3])})')
   config = dict(stored)
   config.update({k: defaults[k] for k in SCALE_OUT_KEYS if k not in stored})
+  config.update({k: v for k, v in BEFORE_DATASETS.items() if k not in stored})
   config.update({k: given[k] for k in EVALUATION_KEYS if given[k] != defaults[k]})
   genotype = os.path.join(workdir, 'genotype.txt')
   if os.path.isfile(genotype):

@@ -25,6 +25,7 @@ from darts_jax import parallel
 from darts_jax import run_config
 from darts_jax import run_loop
 from darts_jax import search as search_lib
+from darts_jax.data import folder as folder_lib
 from darts_jax.ops.init import num_params
 from darts_jax.spaces import SearchSpace, StepContext
 from darts_jax.spaces import cnn, nas_bench_201
@@ -81,6 +82,11 @@ def _check_config(cfg: Mapping) -> None:
     run_config.check_int(cfg, name, 0,
                          'all' if name in ('max_examples', 'eval_batches') else 'off')
   run_config.check_execution_config(cfg)
+  data_lib.data_source(cfg['dataset'], cfg['data_source'])  # a bad pair fails before any read
+  if data_lib.dataset_augmentation(cfg['dataset'], cfg['augmentation']) == 'imagenet':
+    raise ValueError("augmentation='imagenet' is ImageNet training's streamed pipeline; the "
+                     f'search takes {", ".join(data_lib.AUGMENTATIONS[:-1])}')
+  run_config.check_int(cfg, 'image_size', 0, 'as stored')
   if not 0 < cfg['train_portion'] < 1:
     raise ValueError(f"train_portion={cfg['train_portion']!r}: must be in (0, 1)")
   _check_health_config(cfg)
@@ -300,10 +306,9 @@ def _setup(cfg: Mapping, workdir: str, space_from_run: SpaceFromRun, method: str
   methods.get(method)  # an unknown name fails before any data is read
   run_config.check_workdir_usable(workdir)
   dtype = run_config.run_dtype(cfg)
-  data_dir = cfg['data_dir'] or data_lib.default_data_dir()
-  full = data_lib.subset(
-      data_lib.load_dataset(cfg['dataset'], 'train', data_dir, cfg['download']),
-      cfg['max_examples'])
+  full = data_lib.load_dataset(cfg['dataset'], 'train', cfg['data_dir'] or None,
+                              cfg['download'], cfg['data_source'], cfg['image_size'],
+                              cfg['max_examples'])
   train_set, val_set = data_lib.search_split(full, cfg['train_portion'])
   batch = cfg['batch_size']
   for name, part in (('weight', train_set), ('alpha', val_set)):
@@ -337,8 +342,9 @@ def _epoch_loop(s: _Setup, workdir: str, state, shardings, log: Callable[[str], 
   cfg, hp, ex, space = s.cfg, s.hp, s.ex, s.space
   batch, spe = cfg['batch_size'], hp.steps_per_epoch
   mean, std = s.full.mean, s.full.std
-  preprocess = lambda key, images: data_lib.augment(  # noqa: E731
-      key, images, mean, std, cfg['crop_padding'], cfg['flip']).astype(s.dtype)
+  augmentation = data_lib.dataset_augmentation(cfg['dataset'], cfg['augmentation'])
+  preprocess = lambda key, images: data_lib.train_transform(  # noqa: E731
+      key, images, mean, std, augmentation, cfg['crop_padding'], cfg['flip']).astype(s.dtype)
   loss = _search_loss(space, ex)
   eval_loss = _evaluation_loss(space, ex.compute_dtype, hp.epochs)
   eval_fn = search_lib.jit_eval_step(
@@ -456,6 +462,8 @@ def run_search(cfg: Mapping, workdir: str, *, log: Callable[[str], None] = print
   log = s.ex.speaker(log)
   state, shardings = _initial_state(s)
   resumed = run_config.check_workdir(workdir, s.cfg, MAY_DIFFER, s.ex.main)
+  if s.ex.main and s.full.classes:  # a folder dataset: which folder each label is
+    folder_lib.write_classes(s.full.classes, workdir)
   state, records = run_loop.run_epochs(
       _epoch_loop(s, workdir, state, shardings, log), state, cfg=s.cfg, workdir=workdir,
       epochs=s.hp.epochs, steps_per_epoch=s.hp.steps_per_epoch, resumed=resumed,

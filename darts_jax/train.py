@@ -28,6 +28,9 @@ Pytree = Any
 Batch = tuple[jax.Array, jax.Array]
 
 
+LR_SCHEDULES = ('cosine', 'exponential')
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainHParams:
   # scaled together by the linear batch-size rule (config lr_scaling)
@@ -42,6 +45,11 @@ class TrainHParams:
   auxiliary_weight: float = 0.4
   drop_path_prob: float = 0.2  # reached at the last epoch: p(e) = drop_path_prob * e / epochs
   nesterov: bool = False  # PyTorch's SGD(nesterov=True), as NAS-Bench-201 trains
+  # 'cosine' (to lr_min, CIFAR) or 'exponential': lr * lr_gamma ** epoch, the original's
+  # StepLR(step_size=1, gamma=0.97) for ImageNet
+  lr_schedule: str = 'cosine'
+  lr_gamma: float = 0.97
+  label_smoothing: float = 0.0  # ImageNet's 0.1: targets (1 - eps) one-hot + eps / classes
 
   def __post_init__(self):
     for name in ('epochs', 'steps_per_epoch'):
@@ -59,6 +67,13 @@ class TrainHParams:
         raise ValueError(f'{name}={getattr(self, name)!r}: must be >= 0')
     if not 0 <= self.drop_path_prob < 1:
       raise ValueError(f'drop_path_prob={self.drop_path_prob!r}: must be in [0, 1)')
+    if self.lr_schedule not in LR_SCHEDULES:
+      raise ValueError(f'lr_schedule={self.lr_schedule!r} is unknown; allowed: '
+                       f'{", ".join(LR_SCHEDULES)}')
+    if not 0 < self.lr_gamma <= 1:
+      raise ValueError(f'lr_gamma={self.lr_gamma!r}: must be in (0, 1]')
+    if not 0 <= self.label_smoothing < 1:
+      raise ValueError(f'label_smoothing={self.label_smoothing!r}: must be in [0, 1)')
 
 
 class TrainMetrics(NamedTuple):
@@ -79,13 +94,20 @@ class TrainState(NamedTuple):
   nonfinite_step: jax.Array  # -1, or the first step whose loss or gradient was not finite
 
 
+def learning_rate(hp: TrainHParams) -> optax.Schedule:
+  """The weights' learning rate per step, constant within an epoch as the original steps its
+  scheduler once per epoch."""
+  if hp.lr_schedule == 'exponential':
+    return lambda count: hp.lr * hp.lr_gamma ** (count // hp.steps_per_epoch)
+  return cosine_per_epoch(hp.lr, hp.lr_min, hp.epochs, hp.steps_per_epoch)
+
+
 def optimizer(hp: TrainHParams) -> optax.GradientTransformation:
   # PyTorch's SGD: the decay joins the gradient before the momentum buffer; Nesterov's step is
   # g + momentum * buffer, which optax's trace(nesterov=True) computes the same way
   clip = clip_by_global_norm_torch(hp.grad_clip) if hp.grad_clip else optax.identity()
   return optax.chain(clip, optax.add_decayed_weights(hp.weight_decay),
-                     optax.sgd(cosine_per_epoch(hp.lr, hp.lr_min, hp.epochs, hp.steps_per_epoch),
-                               momentum=hp.momentum, nesterov=hp.nesterov))
+                     optax.sgd(learning_rate(hp), momentum=hp.momentum, nesterov=hp.nesterov))
 
 
 def drop_path_prob(hp: TrainHParams, step) -> jax.Array:
@@ -107,11 +129,24 @@ def init_train_state(hp: TrainHParams, model: nn.Module, rng: jax.Array, image_s
                     metrics, jnp.asarray(-1, jnp.int32))
 
 
-def make_train_loss(model: nn.Module, auxiliary_weight: float, compute_dtype=None):
+def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:
+  """Mean cross-entropy against ``(1 - smoothing) one_hot + smoothing / classes``: the
+  original's ``CrossEntropyLabelSmooth`` (Szegedy et al., 2016); 0 is plain cross-entropy."""
+  if not smoothing:
+    return cross_entropy(logits, labels)
+  logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype),
+                                smoothing)
+  return jnp.mean(optax.softmax_cross_entropy(logits, targets))
+
+
+def make_train_loss(model: nn.Module, auxiliary_weight: float, compute_dtype=None,
+                    label_smoothing: float = 0.0):
   """``loss(weights, batch_stats, batch, key, drop_path_prob) -> (loss, (batch_stats, logits))``.
 
   ``compute_dtype='bfloat16'``: bf16 convolutions on a bf16 copy of the (float32 master)
-  weights and images; BN statistics and the loss stay float32 (``supernet.make_loss``)."""
+  weights and images; BN statistics and the loss stay float32 (``supernet.make_loss``). Both
+  heads' targets are smoothed by ``label_smoothing``, as the original's ImageNet training."""
   cast_floating(None, compute_dtype)
 
   def loss(weights, batch_stats, batch, key, p):
@@ -120,9 +155,10 @@ def make_train_loss(model: nn.Module, auxiliary_weight: float, compute_dtype=Non
         {'params': cast_floating(weights, compute_dtype), 'batch_stats': batch_stats},
         cast_floating(images, compute_dtype), True, p, rngs={'drop_path': key},
         mutable=['batch_stats'])
-    value = cross_entropy(logits, labels)
+    value = smoothed_cross_entropy(logits, labels, label_smoothing)
     if logits_aux is not None:
-      value = value + auxiliary_weight * cross_entropy(logits_aux, labels)
+      value = value + auxiliary_weight * smoothed_cross_entropy(logits_aux, labels,
+                                                                label_smoothing)
     return value, (updates['batch_stats'], logits)
 
   return loss
@@ -142,7 +178,8 @@ def train_step(hp: TrainHParams, model: nn.Module, state: TrainState, batch: Bat
   if preprocess is not None:
     k_aug, key = jax.random.split(key)
     batch = (preprocess(k_aug, batch[0]), batch[1])
-  loss = make_train_loss(model, hp.auxiliary_weight) if loss is None else loss
+  loss = (make_train_loss(model, hp.auxiliary_weight, label_smoothing=hp.label_smoothing)
+          if loss is None else loss)
   (value, (stats, logits)), grads = jax.value_and_grad(loss, has_aux=True)(
       state.weights, state.batch_stats, batch, key, drop_path_prob(hp, state.step))
   updates, opt_state = optimizer(hp).update(grads, state.opt_state, state.weights)

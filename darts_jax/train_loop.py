@@ -17,22 +17,25 @@ import jax.numpy as jnp
 import numpy as np
 
 from darts_jax import checkpoint as ckpt_lib
+from darts_jax import cost
 from darts_jax import data as data_lib
 from darts_jax import nas_bench_201 as nb201
 from darts_jax import parallel
 from darts_jax import run_config
 from darts_jax import run_loop
 from darts_jax import train as train_lib
+from darts_jax.data import folder as folder_lib
+from darts_jax.data import imagenet
 from darts_jax.genotypes import Genotype, load_genotype
-from darts_jax.networks import NetworkCIFAR
+from darts_jax.networks import NetworkCIFAR, NetworkImageNet
 from darts_jax.ops import registry
 from darts_jax.ops.init import num_params
-from darts_jax.optim import cosine_per_epoch
 from darts_jax.supernet import check_image_size, reduction_layers
 
 # config keys that may change between a run and its resumption (they do not change results)
 MAY_DIFFER = ('log_every', 'checkpoint_every', 'keep_checkpoints', 'tensorboard', 'progress',
-              'data_dir', 'download', 'eval_every') + run_config.PROCESS_KEYS
+              'data_dir', 'download', 'eval_every', 'loader_workers',
+              'loader_threads') + run_config.PROCESS_KEYS
 # what shard_weights splits over the devices: the weights and their momentum
 SHARDED_FIELDS = ('weights', 'opt_state')
 # epoch-record keys that go to TensorBoard
@@ -40,6 +43,16 @@ SCALARS = ('train_loss', 'train_acc', 'lr', 'test_loss', 'test_top1', 'test_top5
 # --config.search_space: whose networks are trained (the DARTS cells' NetworkCIFAR, or
 # NAS-Bench-201's skeleton around one of its cells)
 SPACES = ('darts_cnn', 'nas_bench_201')
+Data = data_lib.Dataset | imagenet.StreamingSet
+
+
+def _streamed(cfg: Mapping) -> bool:
+  """ImageNet is decoded as it trains (and trains NetworkImageNet); the rest live in memory."""
+  return cfg['dataset'] == 'imagenet'
+
+
+def _image_shape(data: Data) -> tuple[int, int, int]:
+  return data.image_shape if isinstance(data, imagenet.StreamingSet) else data.images.shape[1:]
 
 
 class TrainResult(NamedTuple):
@@ -64,6 +77,27 @@ def _check_config(cfg: Mapping) -> None:
   for name in ('batch_size', 'init_channels', 'layers', 'epochs', 'stem_multiplier',
                'eval_every') + (('cells_per_stage',) if 'cells_per_stage' in cfg else ()):
     run_config.check_int(cfg, name, 1)
+  source = data_lib.data_source(cfg['dataset'], cfg['data_source'])
+  augmentation = data_lib.dataset_augmentation(cfg['dataset'], cfg['augmentation'],
+                                               _streamed(cfg))
+  if _streamed(cfg):
+    if source != 'folder':
+      raise ValueError(f"data_source={source!r}: ImageNet trains from its folder of JPEGs "
+                       "(data_source='folder'; TFDS's imagenet2012 is not streamed yet)")
+    if augmentation not in ('imagenet', 'none'):
+      raise ValueError(f'augmentation={augmentation!r}: ImageNet takes imagenet (random-resized '
+                       'crop, flip, colour jitter) or none')
+    if _nas_bench_201(cfg):
+      raise ValueError("search_space='nas_bench_201' trains on small images; ImageNet trains "
+                       'the DARTS cells (search_space=darts_cnn)')
+  elif augmentation == 'imagenet':
+    raise ValueError(f"augmentation='imagenet' is ImageNet's streamed pipeline; "
+                     f'{cfg["dataset"]} takes {", ".join(data_lib.AUGMENTATIONS[:-1])}')
+  for name in ('loader_threads',):
+    run_config.check_int(cfg, name, 1)
+  for name, zero in (('image_size', 'as stored' if not _streamed(cfg) else '224'),
+                     ('loader_workers', 'threads only')):
+    run_config.check_int(cfg, name, 0, zero)
   if _nas_bench_201(cfg):
     for name in ('auxiliary', 'drop_path_prob'):
       if cfg[name]:
@@ -89,34 +123,39 @@ def _load_genotype(cfg: Mapping) -> Genotype | nb201.Structure:
   return genotype
 
 
-def _model(cfg: Mapping, genotype, dataset: data_lib.Dataset):
-  in_channels = dataset.images.shape[-1]
+def _model(cfg: Mapping, genotype, dataset: Data):
+  in_channels = _image_shape(dataset)[-1]
   if _nas_bench_201(cfg):
     return nb201.TinyNetwork(genotype, C=cfg['init_channels'],
                              cells_per_stage=cfg['cells_per_stage'],
                              num_classes=dataset.num_classes, in_channels=in_channels)
-  return NetworkCIFAR(C=cfg['init_channels'], num_classes=dataset.num_classes,
-                      layers=cfg['layers'], auxiliary=cfg['auxiliary'], genotype=genotype,
-                      stem_multiplier=cfg['stem_multiplier'],
-                      in_channels=dataset.images.shape[-1])
+  network = NetworkImageNet if _streamed(cfg) else NetworkCIFAR
+  extra = {} if _streamed(cfg) else {'stem_multiplier': cfg['stem_multiplier']}
+  return network(C=cfg['init_channels'], num_classes=dataset.num_classes, layers=cfg['layers'],
+                 auxiliary=cfg['auxiliary'], genotype=genotype, in_channels=in_channels, **extra)
 
 
-def _check_shapes(cfg: Mapping, model, dataset: data_lib.Dataset) -> None:
-  image_size = tuple(dataset.images.shape[1:3])
+def _check_shapes(cfg: Mapping, model, dataset: Data) -> None:
+  image_size = tuple(_image_shape(dataset)[:2])
   if _nas_bench_201(cfg):
     nb201.check_images(jax.ShapeDtypeStruct((1, *image_size, model.in_channels), jnp.float32),
                        model.in_channels, 'network')
     return
+  # NetworkImageNet's stem halves the side three times before the cells
+  stem = 3 if _streamed(cfg) else 0
   reductions = len(reduction_layers(cfg['layers']))
-  check_image_size((1, *image_size, model.in_channels), reductions, model.in_channels,
+  check_image_size((1, *image_size, model.in_channels), stem + reductions, model.in_channels,
                    what='network')
   if cfg['auxiliary']:
-    # the auxiliary head pools the map after the last reduction cell to 2x2 (8x8 at 32x32)
-    h, w = (n // 2 ** reductions for n in image_size)
-    if [(n - 5) // 3 + 1 if n >= 5 else 0 for n in (h, w)] != [2, 2]:
-      raise ValueError(f'auxiliary=True needs 32x32 images (the head pools an 8x8 map to '
-                       f'2x2); {dataset.name} has {image_size[0]}x{image_size[1]}: set '
-                       'auxiliary=False')
+    # the head pools the map after the last reduction cell: CIFAR's to 2x2 with a 5x5 window at
+    # stride 3 (8x8 at 32x32), ImageNet's to 1x1 after a 5x5 window at stride 2 and a 2x2 conv
+    # (7x7 at 224x224)
+    h, w = (n // 2 ** (stem + reductions) for n in image_size)
+    stride, want, needs = (2, 2, '224x224') if _streamed(cfg) else (3, 2, '32x32')
+    if [(n - 5) // stride + 1 if n >= 5 else 0 for n in (h, w)] != [want, want]:
+      raise ValueError(f'auxiliary=True needs {needs} images (the head pools a '
+                       f'{"7x7" if _streamed(cfg) else "8x8"} map); {dataset.name} has '
+                       f'{image_size[0]}x{image_size[1]}: set auxiliary=False')
 
 
 def param_counts(weights) -> tuple[int, int]:
@@ -134,16 +173,21 @@ def _eval_batches(n: int, batch: int):
   return index.reshape(batches, batch), mask.reshape(batches, batch)
 
 
-def evaluate(eval_fn: Callable, weights, batch_stats, test_set: data_lib.Dataset,
+def evaluate(eval_fn: Callable, weights, batch_stats, test_set: Data,
              feed: parallel.BatchFeed) -> dict[str, float]:
   """Mean loss, top-1 and top-5 accuracy over the whole of ``test_set`` (eval-mode BN)."""
   sums = {'loss': 0.0, 'top1': 0.0, 'top5': 0.0, 'examples': 0.0}
   index, mask = _eval_batches(len(test_set.labels), feed.batch_size)
   positions = np.arange(feed.batch_size)
-  for i, m in zip(index, mask):
-    images, labels = feed(i, test_set.images, test_set.labels)
+  streamed = isinstance(test_set, imagenet.StreamingSet)
+  reader = imagenet.EpochFeed(test_set, index, feed.rows, 0, 0) if streamed else None
+  for t, (i, m) in enumerate(zip(index, mask)):
+    images, labels = (feed.from_local(*reader(t)) if streamed
+                      else feed(i, test_set.images, test_set.labels))
     out = jax.device_get(eval_fn(weights, batch_stats, images, labels, feed(positions, m)[0]))
     sums = {k: sums[k] + float(out[k]) for k in sums}
+  if reader is not None:
+    reader.close()
   n = sums['examples']
   return {'loss': sums['loss'] / n, 'top1': sums['top1'] / n, 'top5': sums['top5'] / n,
           'examples': int(n)}
@@ -154,8 +198,8 @@ class _Setup(NamedTuple):
   dtype: jnp.dtype
   genotype: Genotype | nb201.Structure
   model: Any  # NetworkCIFAR or nas_bench_201.TinyNetwork
-  train_set: data_lib.Dataset
-  test_set: data_lib.Dataset
+  train_set: Data
+  test_set: Data
   hp: train_lib.TrainHParams
   ex: run_config.Execution
 
@@ -163,30 +207,37 @@ class _Setup(NamedTuple):
 def _setup(cfg: Mapping, need_train: bool = True, workdir: str | None = None) -> _Setup:
   """Everything a run needs that can fail on bad input, before anything is written (and
   before any data is read, whether ``workdir`` can be written)."""
-  cfg = dict(cfg)
+  cfg = {**run_config.BEFORE_DATASETS, **cfg}
   _check_config(cfg)
   if workdir is not None:
     run_config.check_workdir_usable(workdir)
   dtype = run_config.run_dtype(cfg)
   genotype = _load_genotype(cfg)
-  data_dir = cfg['data_dir'] or data_lib.default_data_dir()
-  test_set = data_lib.subset(
-      data_lib.load_dataset(cfg['dataset'], 'test', data_dir, cfg['download']),
-      cfg['max_test_examples'])
-  train_set = test_set
-  if need_train:
-    train_set = data_lib.subset(
-        data_lib.load_dataset(cfg['dataset'], 'train', data_dir, cfg['download']),
-        cfg['max_examples'])
+  test_set = _load(cfg, 'test', cfg['max_test_examples'])
+  train_set = _load(cfg, 'train', cfg['max_examples']) if need_train else test_set
   batch = cfg['batch_size']
   if need_train and batch > len(train_set.labels):
     raise ValueError(f'batch_size={batch} exceeds the {len(train_set.labels)} training examples '
                      f'of {cfg["dataset"]!r}')
-  hp = hparams_from_config(cfg, data_lib.steps_per_epoch(len(train_set.labels), batch))
+  # evaluation alone has no epochs: a test set smaller than a batch is fine
+  hp = hparams_from_config(
+      cfg, data_lib.steps_per_epoch(len(train_set.labels), batch) if need_train else 1)
   model = _model(cfg, genotype, train_set)
   _check_shapes(cfg, model, train_set)
   return _Setup(cfg, dtype, genotype, model, train_set, test_set, hp,
                 run_config.execution(cfg))
+
+
+def _load(cfg: Mapping, split: str, limit: int) -> Data:
+  """``split`` of the run's data: ImageNet listed for streaming, the rest read into memory;
+  the first ``limit`` examples (0: all)."""
+  if _streamed(cfg):
+    data = imagenet.load_streaming(
+        data_lib.folder_root('imagenet', cfg['data_dir']), split, cfg['image_size'] or 224,
+        cfg['resize_size'], 'imagenet', cfg['loader_workers'], cfg['loader_threads'])
+    return imagenet.subset(data, limit)
+  return data_lib.load_dataset(cfg['dataset'], split, cfg['data_dir'] or None, cfg['download'],
+                               cfg['data_source'], cfg['image_size'], limit)
 
 
 def _eval_fn(s: _Setup, weights_sharding=None):
@@ -198,9 +249,9 @@ def _eval_fn(s: _Setup, weights_sharding=None):
 
 def _initial_state(s: _Setup):
   """The training state from the seed, placed on the mesh; and its shardings."""
+  shape = _image_shape(s.train_set)
   state = train_lib.init_train_state(s.hp, s.model, jax.random.PRNGKey(s.cfg['seed']),
-                                     tuple(s.train_set.images.shape[1:3]),
-                                     s.train_set.images.shape[-1], s.dtype)
+                                     tuple(shape[:2]), shape[-1], s.dtype)
   shardings = parallel.state_sharding(state, s.ex.mesh,
                                       SHARDED_FIELDS if s.ex.shard_weights else ())
   return parallel.place(state, shardings), shardings
@@ -213,12 +264,21 @@ def _epoch_loop(s: _Setup, state, shardings, best_checkpoint) -> run_loop.EpochL
   batch, spe = cfg['batch_size'], hp.steps_per_epoch
   mean, std = train_set.mean, train_set.std
 
+  augmentation = data_lib.dataset_augmentation(cfg['dataset'], cfg['augmentation'],
+                                               _streamed(cfg))
+  streamed = isinstance(train_set, imagenet.StreamingSet)
+
   def preprocess(key, images):  # the original's transforms, cutout last (after Normalize)
     k_aug, k_cut = jax.random.split(key)
-    x = data_lib.augment(k_aug, images, mean, std, cfg['crop_padding'], cfg['flip'])
+    if streamed:  # cropped and flipped as decoded: colour jitter and Normalize here
+      x = imagenet.train_preprocess(k_aug, images, mean, std, augmentation == 'imagenet')
+    else:
+      x = data_lib.train_transform(k_aug, images, mean, std, augmentation,
+                                   cfg['crop_padding'], cfg['flip'])
     return data_lib.cutout(k_cut, x, cfg['cutout_length']).astype(s.dtype)
 
-  loss = train_lib.make_train_loss(s.model, hp.auxiliary_weight, ex.compute_dtype)
+  loss = train_lib.make_train_loss(s.model, hp.auxiliary_weight, ex.compute_dtype,
+                                   hp.label_smoothing)
   if ex.batch_norm == 'per_device' and ex.mesh.size > 1:  # one device: the same as global
     loss = parallel.per_device_batch_norm(loss, ex.mesh.size, ex.mesh, batch_argnum=2,
                                           key_argnum=3)
@@ -229,13 +289,16 @@ def _epoch_loop(s: _Setup, state, shardings, best_checkpoint) -> run_loop.EpochL
 
   def batches(epoch):
     order = data_lib.epoch_order(len(train_set.labels), batch, cfg['seed'], epoch)
+    if streamed:  # this process decodes its rows of each batch, reading ahead
+      reader = imagenet.EpochFeed(train_set, order, feed.rows, cfg['seed'], epoch)
+      return lambda i: (feed.from_local(*reader(i)),)
     return lambda i: (feed(order[i], train_set.images, train_set.labels),)
 
   def end_epoch(state, epoch, seconds):
     m = jax.device_get(state.metrics)
     step = int(state.step)
     record = {'kind': 'epoch', 'epoch': epoch + 1, 'step': step,
-              'lr': float(cosine_per_epoch(hp.lr, hp.lr_min, hp.epochs, spe)(epoch * spe)),
+              'lr': float(train_lib.learning_rate(hp)(epoch * spe)),
               'drop_path_prob': float(train_lib.drop_path_prob(hp, epoch * spe)),
               'train_loss': float(m.loss / m.steps),
               'train_acc': float(m.correct / m.examples), 'seconds': seconds}
@@ -253,16 +316,25 @@ def _epoch_loop(s: _Setup, state, shardings, best_checkpoint) -> run_loop.EpochL
         best_checkpoint.save(record['step'], state,
                              {'epoch': record['epoch'], 'test_top1': record['test_top1']})
 
+  madds = cost.network_multiply_adds(
+      s.model, {'params': state.weights, 'batch_stats': state.batch_stats},
+      _image_shape(train_set))
+  schedule = (f'x {hp.lr_gamma:g} per epoch' if hp.lr_schedule == 'exponential'
+              else f'cosine to {hp.lr_min:g}')
+
   def intro(step):
     lines = [] if step else [
         f'training {s.genotype.to_string()}\n  on {cfg["dataset"]} '
-        f'{tuple(train_set.images.shape[1:])}: {len(train_set.labels)} training, '
-        f'{len(s.test_set.labels)} test examples; {hp.epochs} epochs x {spe} steps, '
-        f'{ex.describe(batch)}; lr {hp.lr:g}{" (Nesterov)" if hp.nesterov else ""}; '
+        f'{tuple(_image_shape(train_set))}: {len(train_set.labels)} training, '
+        f'{len(s.test_set.labels)} test examples, {train_set.num_classes} classes; '
+        f'{hp.epochs} epochs x {spe} steps, {ex.describe(batch)}; lr {hp.lr:g} {schedule}'
+        f'{" (Nesterov)" if hp.nesterov else ""}'
+        + (f', label smoothing {hp.label_smoothing:g}' if hp.label_smoothing else '') + '; '
         + (f'NAS-Bench-201 skeleton, N={cfg["cells_per_stage"]}' if _nas_bench_201(cfg)
            else f'{cfg["layers"]} cells') + f', C={cfg["init_channels"]}']
     return lines + [f'parameters: {without_aux:,} ' + (
-        f'({with_aux:,} with the auxiliary head)' if cfg['auxiliary'] else '(no auxiliary head)')]
+        f'({with_aux:,} with the auxiliary head)' if cfg['auxiliary'] else '(no auxiliary head)')
+        + f'; {madds:,} multiply-adds per image']
 
   return run_loop.EpochLoop(
       what='the training step',
@@ -283,6 +355,8 @@ def run_train(cfg: Mapping, workdir: str, *,
   resumed = run_config.check_workdir(workdir, s.cfg, MAY_DIFFER, s.ex.main)
   if s.ex.main:
     ckpt_lib.write_atomic(os.path.join(workdir, 'genotype.txt'), s.genotype.to_string() + '\n')
+    if s.train_set.classes:  # a folder dataset: which folder each label is
+      folder_lib.write_classes(s.train_set.classes, workdir)
   state, shardings = _initial_state(s)
   best_checkpoint = ckpt_lib.Checkpoints(os.path.join(workdir, 'best'), 1)
   try:
@@ -333,9 +407,9 @@ def evaluate_checkpoint(cfg: Mapping, workdir: str | None = None, which: str = '
     raise ValueError(f'weights={weights_file!r}: no such file')
   s = _setup(cfg, need_train=False)
   log = s.ex.speaker(log)
-  state = train_lib.init_train_state(s.hp, s.model, jax.random.PRNGKey(0),
-                                     tuple(s.test_set.images.shape[1:3]),
-                                     s.test_set.images.shape[-1], s.dtype)
+  shape = _image_shape(s.test_set)
+  state = train_lib.init_train_state(s.hp, s.model, jax.random.PRNGKey(0), tuple(shape[:2]),
+                                     shape[-1], s.dtype)
   if weights_file is not None:
     from darts_jax import interop
     variables = interop.from_original(

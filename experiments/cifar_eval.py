@@ -23,7 +23,7 @@ from experiments import cli
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs', 'train.py')
 
 
-def _flags(values: flags.FlagValues) -> dict:
+def eval_flags(values: flags.FlagValues) -> dict:
   return {
       'checkpoint': flags.DEFINE_enum('checkpoint', 'best', ['best', 'last'],
                                       "The run's checkpoint to test.", flag_values=values),
@@ -32,10 +32,12 @@ def _flags(values: flags.FlagValues) -> dict:
                                      flag_values=values)}
 
 
-def run(config: dict, workdir: str | None, extra: dict) -> None:
+def run(config: dict, workdir: str | None, extra: dict, get_config=None) -> None:
+  """``get_config``: the config file's presets (default: ``experiments/configs/train.py``)."""
   from darts_jax.run_config import evaluation_config
   from darts_jax.train_loop import evaluate_checkpoint
-  from experiments.configs.train import get_config
+  if get_config is None:
+    from experiments.configs.train import get_config
   if workdir and extra['weights']:
     raise cli.UsageError('give --workdir (a training run) or --weights (an .npz), not both')
   if workdir:
@@ -52,4 +54,4 @@ def run(config: dict, workdir: str | None, extra: dict) -> None:
 
 
 if __name__ == '__main__':
-  sys.exit(cli.main(run, DEFAULT_CONFIG, extra=_flags, workdir_required=False))
+  sys.exit(cli.main(run, DEFAULT_CONFIG, extra=eval_flags, workdir_required=False))

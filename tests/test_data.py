@@ -169,7 +169,8 @@ def test_cifar_download(tmp_path, monkeypatch, good_md5):
   source = write_archive(tmp_path / 'source.tar.gz', fake_batches())
   blob = source.read_bytes()
   monkeypatch.setattr(urllib.request, 'urlopen', lambda url, timeout: FakeResponse(blob))
-  monkeypatch.setattr(cifar10, 'MD5', hashlib.md5(blob).hexdigest() if good_md5 else '0' * 32)
+  md5 = hashlib.md5(blob).hexdigest() if good_md5 else '0' * 32
+  monkeypatch.setitem(cifar10.ARCHIVES, 'cifar10', cifar10.CIFAR10._replace(md5=md5))
   data_dir = tmp_path / 'cache'
   if good_md5:
     test = data.load_cifar10(data_dir, 'test')
@@ -182,15 +183,70 @@ def test_cifar_download(tmp_path, monkeypatch, good_md5):
 
 
 def test_load_dataset_names_and_dirs(monkeypatch, tmp_path):
-  with pytest.raises(ValueError, match=r"'cifar100'.*'cifar10', 'mnist', 'fashion_mnist', "
-                     r"'digits'"):
-    data.load_dataset('cifar100', 'train')
+  with pytest.raises(ValueError, match=r"dataset='svhn' is unknown; allowed: cifar10, cifar100, "
+                     r"mnist, fashion_mnist, imagenet, folder, digits"):
+    data.load_dataset('svhn', 'train')
   with pytest.raises(ValueError, match="'val'"):
     data.load_cifar10(tmp_path, 'val')
   monkeypatch.setenv('DARTS_JAX_DATA_DIR', str(tmp_path))
   assert data.default_data_dir() == tmp_path
   monkeypatch.delenv('DARTS_JAX_DATA_DIR')
   assert str(data.default_data_dir()).endswith('.cache/darts_jax')
+
+
+def write_cifar100(path, rows=4, seed=0):
+  """A cifar-100-python.tar.gz in the official layout: one pickle per split, fine and coarse
+  labels."""
+  rng = np.random.default_rng(seed)
+  written = {}
+  with tarfile.open(path, 'w:gz') as tar:
+    for split, n in (('test', rows + 1), ('train', rows), ('meta', 0)):
+      array = rng.integers(0, 256, (n, ROW), dtype=np.uint8)
+      fine = [(97 + 3 * j) % 100 for j in range(n)]
+      written[split] = (array, fine)
+      blob = pickle.dumps({b'filenames': [b'x.png'] * n, b'batch_label': b'fake',
+                           b'fine_labels': fine, b'coarse_labels': [f // 5 for f in fine],
+                           b'data': array}, protocol=2)
+      info = tarfile.TarInfo(f'cifar-100-python/{split}')
+      info.size = len(blob)
+      tar.addfile(info, io.BytesIO(blob))
+  return written
+
+
+def test_cifar100_reads_the_fine_labels(tmp_path, monkeypatch):
+  monkeypatch.setattr(urllib.request, 'urlopen', lambda *a, **k: pytest.fail('network used'))
+  written = write_cifar100(tmp_path / 'cifar-100-python.tar.gz')
+  for split in ('train', 'test'):
+    ds = data.load_dataset('cifar100', split, tmp_path, download=False)
+    array, fine = written[split]
+    # rows are channel-major 32x32 planes, as in CIFAR-10
+    np.testing.assert_array_equal(ds.images, array.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    assert ds.labels.tolist() == fine and ds.num_classes == 100 and ds.name == 'cifar100'
+    assert ds.mean == (0.5071, 0.4865, 0.4409) and ds.std == (0.2673, 0.2564, 0.2762)
+  with pytest.raises(DataError) as info:
+    data.load_dataset('cifar100', 'test', tmp_path / 'empty', download=False)
+  assert 'cifar-100-python.tar.gz' in str(info.value) and '\n' not in str(info.value)
+  assert 'https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz' in str(info.value)
+  # a CIFAR-10 archive under CIFAR-100's name: the missing members are named
+  (tmp_path / 'ten').mkdir()
+  write_archive(tmp_path / 'ten' / 'cifar-100-python.tar.gz', fake_batches())
+  with pytest.raises(DataError, match=r'CIFAR-100 archive .* lacks member\(s\) '
+                                      r'cifar-100-python/train'):
+    data.load_dataset('cifar100', 'train', tmp_path / 'ten', download=False)
+
+
+def test_cifar100_download_checks_its_md5(tmp_path, monkeypatch):
+  write_cifar100(tmp_path / 'source.tar.gz')
+  blob = (tmp_path / 'source.tar.gz').read_bytes()
+  urls = []
+  monkeypatch.setattr(urllib.request, 'urlopen',
+                      lambda url, timeout: urls.append(url) or FakeResponse(blob))
+  with pytest.raises(DataError, match='md5 .*, expected eb9058c3a382ffc7106e4002c42a8d85'):
+    data.load_dataset('cifar100', 'test', tmp_path / 'cache')
+  assert urls == ['https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz']
+  monkeypatch.setitem(cifar10.ARCHIVES, 'cifar100',
+                      cifar10.CIFAR100._replace(md5=hashlib.md5(blob).hexdigest()))
+  assert len(data.load_dataset('cifar100', 'test', tmp_path / 'cache').labels) == 5
 
 
 # ------------------------------------------------------------------------- MNIST, Fashion-MNIST

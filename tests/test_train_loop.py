@@ -54,7 +54,8 @@ def test_tiny_training_runs_resumes_bitwise_and_evaluates(data_dir, tmp_path, mo
   assert epochs[0]['lr'] == pytest.approx(0.025) and epochs[1]['lr'] == pytest.approx(0.0125)
   assert any(f.startswith('events') for f in os.listdir(tmp_path / 'full' / 'tensorboard'))
   without, with_aux = param_counts(full.state.weights)
-  assert f'parameters: {without:,} ({with_aux:,} with the auxiliary head)' in logs
+  assert any(line.startswith(f'parameters: {without:,} ({with_aux:,} with the auxiliary head); ')
+             and line.endswith(' multiply-adds per image') for line in logs)
   assert (tmp_path / 'full' / 'genotype.txt').read_text().strip() == DARTS_V2.to_string()
 
   # the test evaluation over all 17 test images (one padded batch of 16 + 1), by hand

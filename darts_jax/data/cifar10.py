@@ -1,4 +1,5 @@
-"""CIFAR-10 read straight from the official ``cifar-10-python.tar.gz`` archive.
+"""CIFAR-10 and CIFAR-100 read straight from their official python archives
+(``cifar-10-python.tar.gz``, ``cifar-100-python.tar.gz``).
 
 Nothing is extracted or cached: the archive is the only file on disk, and each load streams it
 once. The batches are Python pickles; they are unpickled with an allow-list of the NumPy
@@ -18,7 +19,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -26,7 +27,6 @@ from darts_jax.data.pipeline import DataError, Dataset
 
 URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz'
 MD5 = 'c58f30108f718f92721af3b95e74349a'
-ARCHIVE_NAME = 'cifar-10-python.tar.gz'
 
 # The original DARTS constants (train-set statistics on the [0, 1] scale).
 MEAN = (0.49139968, 0.48215827, 0.44653124)
@@ -36,16 +36,41 @@ NUM_CLASSES = 10
 IMAGE_SHAPE = (32, 32, 3)
 _ROW_SIZE = 32 * 32 * 3
 
-_FOLDER = 'cifar-10-batches-py'
-_MEMBERS = {
-    'train': tuple(f'{_FOLDER}/data_batch_{i}' for i in range(1, 6)),
-    'test': (f'{_FOLDER}/test_batch',),
-}
+
+class Archive(NamedTuple):
+  """One of the two official python archives: where it comes from, its members per split, the
+  pickles' label key, and the normalisation constants."""
+  name: str  # the dataset's name in this project
+  title: str
+  url: str
+  md5: str
+  members: dict[str, tuple[str, ...]]
+  label_key: bytes
+  num_classes: int
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+
+  @property
+  def file_name(self) -> str:
+    return self.url.rsplit('/', 1)[1]
 
 
-def archive_path(data_dir: str | os.PathLike) -> pathlib.Path:
-  """Where :func:`load_cifar10` expects (and downloads) the archive."""
-  return pathlib.Path(data_dir).expanduser() / ARCHIVE_NAME
+CIFAR10 = Archive('cifar10', 'CIFAR-10', URL, MD5, {
+    'train': tuple(f'cifar-10-batches-py/data_batch_{i}' for i in range(1, 6)),
+    'test': ('cifar-10-batches-py/test_batch',)}, b'labels', NUM_CLASSES, MEAN, STD)
+# the 100 fine classes; the train-set statistics the CIFAR-100 runs of the DARTS family
+# (P-DARTS, PC-DARTS) normalise with
+CIFAR100 = Archive('cifar100', 'CIFAR-100',
+                   'https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz',
+                   'eb9058c3a382ffc7106e4002c42a8d85', {
+                       'train': ('cifar-100-python/train',), 'test': ('cifar-100-python/test',)},
+                   b'fine_labels', 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+ARCHIVES = {a.name: a for a in (CIFAR10, CIFAR100)}
+
+
+def archive_path(data_dir: str | os.PathLike, archive: Archive = CIFAR10) -> pathlib.Path:
+  """Where :func:`load_cifar` expects (and downloads) ``archive``."""
+  return pathlib.Path(data_dir).expanduser() / archive.file_name
 
 
 def _numpy_reconstruct():
@@ -70,7 +95,7 @@ class _BatchUnpickler(pickle.Unpickler):
     if (module, name) == ('_codecs', 'encode'):  # how protocol-2 pickles spell bytes
       import codecs
       return codecs.encode
-    raise pickle.UnpicklingError(f'refusing global {module}.{name}: not a CIFAR-10 batch')
+    raise pickle.UnpicklingError(f'refusing global {module}.{name}: not a CIFAR batch')
 
 
 def _member_name(name: str) -> str:
@@ -78,9 +103,11 @@ def _member_name(name: str) -> str:
   return name[2:] if name.startswith('./') else name
 
 
-def _read_pickles(path: pathlib.Path, wanted: tuple[str, ...]) -> dict[str, Any]:
+def _read_pickles(path: pathlib.Path, wanted: tuple[str, ...],
+                  archive: Archive) -> dict[str, Any]:
   """Unpickles the ``wanted`` members in one forward pass over the gzip stream."""
   found = {}
+  what = f'{archive.title} archive {path}'
   try:
     with tarfile.open(path, 'r:gz') as tar:
       # Iterate instead of getmember(): random access in a gzip stream re-decompresses from the
@@ -91,32 +118,34 @@ def _read_pickles(path: pathlib.Path, wanted: tuple[str, ...]) -> dict[str, Any]
           continue
         f = tar.extractfile(member)
         if f is None:
-          raise DataError(f'CIFAR-10 archive {path}: member {name} is not a regular file')
+          raise DataError(f'{what}: member {name} is not a regular file')
         with f:
           try:
             found[name] = _BatchUnpickler(f, encoding='bytes').load()
           except (tarfile.TarError, EOFError, OSError, zlib.error):
             raise
           except Exception as e:  # garbage can make pickle raise almost any type
-            raise DataError(f'CIFAR-10 archive {path}: member {name} is not a valid batch '
+            raise DataError(f'{what}: member {name} is not a valid batch '
                             f'pickle ({type(e).__name__}: {e})') from None
   except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-    raise DataError(f'CIFAR-10 archive {path} is unreadable, truncated or corrupt '
-                    f'({type(e).__name__}: {e}); replace it with a fresh copy of {URL}') from None
+    raise DataError(f'{what} is unreadable, truncated or corrupt ({type(e).__name__}: {e}); '
+                    f'replace it with a fresh copy of {archive.url}') from None
   missing = [name for name in wanted if name not in found]
   if missing:
-    raise DataError(f'CIFAR-10 archive {path} lacks member(s) {", ".join(missing)}: is it the '
-                    f'python version of the archive ({URL})?')
+    raise DataError(f'{what} lacks member(s) {", ".join(missing)}: is it the python version of '
+                    f'the archive ({archive.url})?')
   return found
 
 
-def _batch_arrays(batch: Any, path: pathlib.Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+def _batch_arrays(batch: Any, path: pathlib.Path, name: str,
+                  archive: Archive) -> tuple[np.ndarray, np.ndarray]:
   """Validates one unpickled batch; returns NHWC uint8 images and int32 labels."""
-  where = f'CIFAR-10 archive {path}: member {name}'
-  if not isinstance(batch, dict) or b'data' not in batch or b'labels' not in batch:
+  where = f'{archive.title} archive {path}: member {name}'
+  key = archive.label_key
+  if not isinstance(batch, dict) or b'data' not in batch or key not in batch:
     keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
-    raise DataError(f"{where} should be a dict with b'data' and b'labels', got {keys}")
-  data, labels = batch[b'data'], batch[b'labels']
+    raise DataError(f"{where} should be a dict with b'data' and {key!r}, got {keys}")
+  data, labels = batch[b'data'], batch[key]
   if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
       or data.shape[1] != _ROW_SIZE:
     desc = (f'{data.dtype} array of shape {data.shape}' if isinstance(data, np.ndarray)
@@ -124,36 +153,37 @@ def _batch_arrays(batch: Any, path: pathlib.Path, name: str) -> tuple[np.ndarray
     raise DataError(f"{where}: b'data' should be a uint8 array (n, {_ROW_SIZE}), got {desc}")
   labels = np.asarray(labels)
   if labels.shape != (data.shape[0],) or (labels.size and labels.dtype.kind not in 'iu'):
-    raise DataError(f"{where}: b'labels' should be {data.shape[0]} integers (one per row), got "
+    raise DataError(f"{where}: {key!r} should be {data.shape[0]} integers (one per row), got "
                     f'{labels.dtype} array of shape {labels.shape}')
-  if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-    raise DataError(f"{where}: b'labels' should lie in 0..{NUM_CLASSES - 1}, got "
+  if labels.size and (labels.min() < 0 or labels.max() >= archive.num_classes):
+    raise DataError(f"{where}: {key!r} should lie in 0..{archive.num_classes - 1}, got "
                     f'{labels.min()}..{labels.max()}')
   # Rows are channel-major (1024 red, 1024 green, 1024 blue, each row-major 32x32).
   images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
   return np.ascontiguousarray(images), labels.astype(np.int32)
 
 
-def read_archive(path: str | os.PathLike, split: str) -> Dataset:
-  """Reads one split from a ``cifar-10-python.tar.gz`` at ``path``.
+def read_archive(path: str | os.PathLike, split: str, archive: Archive = CIFAR10) -> Dataset:
+  """Reads one split from ``archive``'s python tar.gz at ``path``.
 
   Any number of rows per batch is accepted (the official batches have 10,000), so tests can
   write tiny archives. The md5 is not checked here: a repacked archive is fine if its batches
   have the right shapes and labels.
   """
   path = pathlib.Path(path)
-  _check_split(split)
-  wanted = _MEMBERS[split]
-  pickles = _read_pickles(path, wanted)
-  parts = [_batch_arrays(pickles[name], path, name) for name in wanted]
+  _check_split(split, archive)
+  wanted = archive.members[split]
+  pickles = _read_pickles(path, wanted, archive)
+  parts = [_batch_arrays(pickles[name], path, name, archive) for name in wanted]
   return Dataset(images=np.concatenate([p[0] for p in parts]),
                  labels=np.concatenate([p[1] for p in parts]),
-                 mean=MEAN, std=STD, num_classes=NUM_CLASSES, name='cifar10')
+                 mean=archive.mean, std=archive.std, num_classes=archive.num_classes,
+                 name=archive.name)
 
 
-def _check_split(split: str) -> None:
-  if split not in _MEMBERS:
-    raise ValueError(f'CIFAR-10 split {split!r}: expected one of {tuple(_MEMBERS)}')
+def _check_split(split: str, archive: Archive = CIFAR10) -> None:
+  if split not in archive.members:
+    raise ValueError(f'{archive.title} split {split!r}: expected one of {tuple(archive.members)}')
 
 
 def _progress(total: int | None, name: str):
@@ -204,17 +234,26 @@ def download_archive(dest: pathlib.Path, url: str | None = None, md5: str | None
       os.remove(tmp)
 
 
-def load_cifar10(data_dir: str | os.PathLike, split: str, download: bool = True) -> Dataset:
-  """CIFAR-10 ``'train'`` (the five data batches in order, 50,000) or ``'test'`` (10,000).
+def load_cifar(name: str, data_dir: str | os.PathLike, split: str,
+               download: bool = True) -> Dataset:
+  """``name`` ('cifar10' or 'cifar100'), split ``'train'`` (50,000) or ``'test'`` (10,000).
 
-  Reads ``data_dir/cifar-10-python.tar.gz``, downloading it first if it is missing and
-  ``download`` is true.
+  Reads ``data_dir/cifar-10-python.tar.gz`` (or ``cifar-100-python.tar.gz``), downloading it
+  first, md5 checked, if it is missing and ``download`` is true.
   """
-  _check_split(split)
-  path = archive_path(data_dir)
+  if name not in ARCHIVES:
+    raise ValueError(f'{name!r} is not a CIFAR archive; allowed: {", ".join(ARCHIVES)}')
+  archive = ARCHIVES[name]
+  _check_split(split, archive)
+  path = archive_path(data_dir, archive)
   if not path.exists():
     if not download:
-      raise DataError(f'CIFAR-10 archive not found at {path}; get it from {URL} and put it there '
-                      '(or pass download=True)')
-    download_archive(path)
-  return read_archive(path, split)
+      raise DataError(f'{archive.title} archive not found at {path}; get it from {archive.url} '
+                      'and put it there (or pass download=True)')
+    download_archive(path, archive.url, archive.md5, archive.title)
+  return read_archive(path, split, archive)
+
+
+def load_cifar10(data_dir: str | os.PathLike, split: str, download: bool = True) -> Dataset:
+  """CIFAR-10 ``'train'`` (the five data batches in order, 50,000) or ``'test'`` (10,000)."""
+  return load_cifar('cifar10', data_dir, split, download)

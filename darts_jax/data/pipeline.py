@@ -6,7 +6,8 @@ per image, so augmentation runs inside the training step instead of in a Python 
 
 The transforms reproduce the original DARTS CIFAR pipeline (torchvision ``RandomCrop(32,
 padding=4)``, ``RandomHorizontalFlip()``, ``ToTensor()``, ``Normalize(mean, std)`` and, for final
-training, ``Cutout``) on NHWC uint8 batches.
+training, ``Cutout``) on NHWC uint8 batches, and pt.darts's policies for the other small sets
+(:data:`AUGMENTATIONS`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Dataset(NamedTuple):
   std: tuple[float, ...]
   num_classes: int
   name: str
+  classes: tuple[str, ...] = ()  # the class names in label order, where the data name them
 
 
 def _take(dataset: Dataset, index: slice) -> Dataset:
@@ -142,6 +144,102 @@ def augment(key: jax.Array, images: jax.Array, mean: Sequence[float], std: Seque
     return out
 
   return _normalize(jax.vmap(one)(jax.random.split(key, batch), padded), mean, std)
+
+
+# --config.augmentation: pt.darts's preproc.data_transforms per dataset. 'crop_flip' is the
+# CIFAR recipe above (crop_padding, flip); 'affine' is MNIST's RandomAffine(degrees=15,
+# translate=(0.1, 0.1), scale=(0.9, 1.1), shear=0.1); 'affine_vflip' is Fashion-MNIST's, the same
+# plus RandomVerticalFlip(); 'none' only normalises. 'imagenet' is the original's ImageNet
+# training transform (random-resized crop, flip, colour jitter), for ImageNet's streamed images.
+AUGMENTATIONS = ('crop_flip', 'affine', 'affine_vflip', 'none', 'imagenet')
+_DATASET_AUGMENTATION = {'mnist': 'affine', 'fashion_mnist': 'affine_vflip'}
+
+
+def dataset_augmentation(dataset: str, augmentation: str = '', streamed: bool = False) -> str:
+  """``augmentation``, or when it is '' the dataset's own (pt.darts): affine for MNIST, affine
+  and vertical flip for Fashion-MNIST, ImageNet's for ImageNet ``streamed`` as it trains, crop
+  and flip for the rest."""
+  if augmentation and augmentation not in AUGMENTATIONS:
+    raise ValueError(f'augmentation={augmentation!r} is unknown; allowed: '
+                     f'{", ".join(AUGMENTATIONS)} (or \'\': the dataset\'s own)')
+  if streamed:
+    return augmentation or 'imagenet'
+  return augmentation or _DATASET_AUGMENTATION.get(dataset, 'crop_flip')
+
+
+def affine_warp(image: jax.Array, angle: jax.Array, translate: jax.Array, scale: jax.Array,
+                shear: jax.Array) -> jax.Array:
+  """One (H, W, C) image moved by ``p' = c + t + scale * R(angle) S(shear) (p - c)`` about its
+  centre ``c`` (degrees; rows down, so a positive angle turns it anticlockwise on screen), read
+  back by nearest neighbour with 0 outside, as torchvision's ``affine`` (NEAREST, fill 0).
+
+  Each output pixel ``p'`` takes the input at the inverse map ``c + S^-1 R^-1 (p' - c - t) /
+  scale``, so no pixel is left unwritten.
+  """
+  height, width = image.shape[:2]
+  theta, phi = jnp.deg2rad(angle), jnp.deg2rad(shear)
+  cos, sin, tan = jnp.cos(theta), jnp.sin(theta), jnp.tan(phi)
+  cy, cx = (height - 1) / 2, (width - 1) / 2
+  ys, xs = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
+                        jnp.arange(width, dtype=jnp.float32), indexing='ij')
+  # R^-1 = R^T of R = [[cos, sin], [-sin, cos]] in (x, y-down); S^-1 = [[1, tan], [0, 1]]
+  u = (xs - cx - translate[0]) / scale
+  v = (ys - cy - translate[1]) / scale
+  ru, rv = cos * u - sin * v, sin * u + cos * v
+  src_x, src_y = jnp.round(ru + tan * rv + cx), jnp.round(rv + cy)
+  inside = (src_x >= 0) & (src_x <= width - 1) & (src_y >= 0) & (src_y <= height - 1)
+  xi = jnp.clip(src_x, 0, width - 1).astype(jnp.int32)
+  yi = jnp.clip(src_y, 0, height - 1).astype(jnp.int32)
+  return jnp.where(inside[..., None], image[yi, xi], jnp.zeros((), image.dtype))
+
+
+@functools.partial(jax.jit, static_argnames=('degrees', 'translate', 'scale', 'shear'))
+def random_affine(key: jax.Array, images: jax.Array, degrees: float = 15.0,
+                  translate: float = 0.1, scale: tuple[float, float] = (0.9, 1.1),
+                  shear: float = 0.1) -> jax.Array:
+  """torchvision's ``RandomAffine(degrees, (translate, translate), scale, shear)`` on a uint8
+  NHWC batch, one draw per image: angle ~ U(-degrees, degrees), a whole-pixel shift
+  ``round(U(-translate * size, translate * size))`` per axis, scale ~ U(*scale), x-shear ~
+  U(-shear, shear) degrees."""
+  _check_batch(images, 'random_affine')
+  height, width = images.shape[1:3]
+  limit = jnp.asarray([translate * width, translate * height], jnp.float32)
+
+  def one(k, image):
+    k_angle, k_shift, k_scale, k_shear = jax.random.split(k, 4)
+    angle = jax.random.uniform(k_angle, (), minval=-degrees, maxval=degrees)
+    shift = jnp.round(jax.random.uniform(k_shift, (2,), minval=-limit, maxval=limit))
+    factor = jax.random.uniform(k_scale, (), minval=scale[0], maxval=scale[1])
+    shear_x = jax.random.uniform(k_shear, (), minval=-shear, maxval=shear)
+    return affine_warp(image, angle, shift, factor, shear_x)
+
+  return jax.vmap(one)(jax.random.split(key, images.shape[0]), images)
+
+
+@jax.jit
+def random_vertical_flip(key: jax.Array, images: jax.Array) -> jax.Array:
+  """torchvision's ``RandomVerticalFlip()``: each image upside down with probability 1/2."""
+  flips = jax.random.bernoulli(key, 0.5, (images.shape[0], 1, 1, 1))
+  return jnp.where(flips, images[:, ::-1], images)
+
+
+def train_transform(key: jax.Array, images: jax.Array, mean: Sequence[float],
+                    std: Sequence[float], augmentation: str, crop_padding: int = 4,
+                    flip: bool = True) -> jax.Array:
+  """A uint8 training batch augmented as ``augmentation`` (:data:`AUGMENTATIONS`) says, then
+  normalised to float32 (pt.darts's order: the random transforms, ToTensor, Normalize)."""
+  if augmentation == 'crop_flip':
+    return augment(key, images, mean, std, crop_padding, flip)
+  if augmentation == 'none':
+    return normalize(images, mean, std)
+  if augmentation not in ('affine', 'affine_vflip'):
+    raise ValueError(f'augmentation={augmentation!r} is not an in-memory transform; allowed: '
+                     f'{", ".join(AUGMENTATIONS[:-1])}')
+  k_affine, k_flip = jax.random.split(key)
+  images = random_affine(k_affine, images)
+  if augmentation == 'affine_vflip':
+    images = random_vertical_flip(k_flip, images)
+  return normalize(images, mean, std)
 
 
 def cutout_mask(center_y: jax.Array, center_x: jax.Array, height: int, width: int,

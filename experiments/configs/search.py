@@ -68,13 +68,20 @@ def get_config(preset: str = 'paper') -> ml_collections.ConfigDict:
   paper, net = SearchHParams(), SupernetConfig()
   c = ml_collections.ConfigDict()
   c.preset = preset
-  # data: cifar10 reads data_dir/cifar-10-python.tar.gz (data_dir '' -> $DARTS_JAX_DATA_DIR or
-  # ~/.cache/darts_jax); digits is scikit-learn's bundled 8x8 digits
-  c.dataset = 'cifar10'  # cifar10, mnist, fashion_mnist (DATA_DIR/NAME/*.gz), digits
+  # data: cifar10, cifar100, mnist, fashion_mnist read their official archives in data_dir
+  # ('' -> $DARTS_JAX_DATA_DIR or ~/.cache/darts_jax); folder reads data_dir/train/<class>/*
+  # (or data_dir/<class>/*) into memory, imagenet too at image_size; digits is scikit-learn's
+  # bundled 8x8 digits (README: Datasets)
+  c.dataset = 'cifar10'
+  c.data_source = ''  # archive, folder or tfds ('': the dataset's own)
   c.data_dir = ''
   c.download = True
+  c.image_size = 0  # folder images resized to NxN (0: as stored)
   c.max_examples = 0  # use only the first N training images (0: all)
   c.train_portion = 0.5  # weights train on the first half, alphas on the second
+  # '' (the dataset's own, as pt.darts: crop_flip; mnist affine; fashion_mnist affine_vflip),
+  # crop_flip, affine, affine_vflip, none
+  c.augmentation = ''
   c.crop_padding = 4
   c.flip = True
   c.seed = 2

@@ -41,14 +41,27 @@ def get_config(preset: str = 'paper') -> ml_collections.ConfigDict:
   c.genotype = 'DARTS_V2'
 
   # data: training on the whole training set, evaluation on the test set (as the original)
-  c.dataset = 'cifar10'  # cifar10, mnist, fashion_mnist (DATA_DIR/NAME/*.gz), digits
+  # cifar10, cifar100, mnist, fashion_mnist (official archives in DATA_DIR), folder (DATA_DIR is
+  # a folder of class sub-folders: DIR/train/<class>/*, DIR/val/<class>/*), imagenet (the same
+  # layout, decoded as it trains: experiments/configs/imagenet.py), digits (no download)
+  c.dataset = 'cifar10'
+  c.data_source = ''  # archive, folder or tfds ('': the dataset's own; README: Datasets)
   c.data_dir = ''  # '' -> $DARTS_JAX_DATA_DIR or ~/.cache/darts_jax
   c.download = True
+  c.image_size = 0  # folder images resized to NxN (0: as stored); ImageNet's crop (0: 224)
   c.max_examples = 0  # use only the first N training images (0: all)
   c.max_test_examples = 0  # evaluate only the first N test images (0: all)
+  # '' (the dataset's own, as pt.darts: crop_flip; mnist affine; fashion_mnist affine_vflip),
+  # crop_flip, affine, affine_vflip, none
+  c.augmentation = ''
   c.crop_padding = 4
   c.flip = True
   c.cutout_length = 16  # 0: no cutout
+  # ImageNet's loader: the evaluation resize before the centre crop, decoding processes
+  # (0: threads of the training process only) and threads
+  c.resize_size = 256
+  c.loader_workers = 0
+  c.loader_threads = 8
   c.seed = 0
   c.dtype = 'float32'
 
@@ -78,6 +91,9 @@ def get_config(preset: str = 'paper') -> ml_collections.ConfigDict:
   c.weight_decay = paper.weight_decay
   c.grad_clip = paper.grad_clip  # 0: no clipping
   c.nesterov = paper.nesterov
+  c.lr_schedule = paper.lr_schedule  # cosine (to lr_min) or exponential (lr * lr_gamma^epoch)
+  c.lr_gamma = paper.lr_gamma
+  c.label_smoothing = paper.label_smoothing
 
   # what the run shows and keeps
   c.eval_every = 1  # epochs between test-set evaluations (the last epoch is always evaluated)

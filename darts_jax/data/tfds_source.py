@@ -1,0 +1,77 @@
+"""tensorflow-datasets as a source (``--config.data_source=tfds``): the JAX ecosystem's standard
+catalogue, read through ``tfds.data_source``, which needs no TensorFlow to read.
+
+An optional extra (``pip install 'darts_jax[tfds]'``). ``data_dir`` is TFDS's data folder ('':
+its own default, ``~/tensorflow_datasets``). The set must be prepared in the ``array_record``
+format (``download=True`` prepares it so; ``tfds build NAME --file_format=array_record`` does
+it elsewhere). ImageNet's ``imagenet2012`` cannot be downloaded: its tars go in
+``DATA_DIR/downloads/manual/`` first, as TFDS's catalogue says.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from darts_jax.data.pipeline import DataError, Dataset
+
+# our dataset names -> TFDS's, and our splits -> TFDS's
+NAMES = {'cifar10': 'cifar10', 'cifar100': 'cifar100', 'mnist': 'mnist',
+         'fashion_mnist': 'fashion_mnist', 'imagenet': 'imagenet2012'}
+SPLITS = {'train': 'train', 'test': 'test'}
+_IMAGENET_SPLITS = {'train': 'train', 'test': 'validation'}
+
+
+def _tfds():
+  try:
+    import tensorflow_datasets as tfds
+  except ImportError:
+    raise DataError("data_source='tfds' needs tensorflow-datasets: pip install "
+                    "'darts_jax[tfds]' (or use data_source='archive' or 'folder')") from None
+  return tfds
+
+
+def load_tfds(name: str, split: str, data_dir: str | os.PathLike | None, download: bool,
+              mean: tuple[float, ...], std: tuple[float, ...], image_size: int = 0) -> Dataset:
+  """``split`` of TFDS's copy of ``name`` read into memory, uint8 NHWC; images resized to
+  ``image_size`` squared when it is > 0 (ImageNet's differ in size, so it needs one)."""
+  if name not in NAMES:
+    raise ValueError(f"data_source='tfds' has no {name!r}; allowed: {', '.join(NAMES)}")
+  if split not in SPLITS:
+    raise ValueError(f'split {split!r}: expected one of {tuple(SPLITS)}')
+  if name == 'imagenet' and not image_size:
+    raise ValueError('imagenet2012 read into memory needs --config.image_size=N: its images '
+                     'differ in size')
+  tfds = _tfds()
+  tfds_name = NAMES[name]
+  tfds_split = (_IMAGENET_SPLITS if name == 'imagenet' else SPLITS)[split]
+  try:
+    source = tfds.data_source(tfds_name, split=tfds_split,
+                              data_dir=None if data_dir is None else os.fspath(data_dir),
+                              download=download)
+    num_classes = source.dataset_info.features['label'].num_classes
+  except Exception as e:  # TFDS raises many types for a missing or unprepared set
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    where = data_dir or "TFDS's default data_dir"
+    raise DataError(f'TFDS {tfds_name} ({tfds_split}) could not be read from {where} '
+                    f'(prepare it with download=True, or tfds build {tfds_name} '
+                    f'--file_format=array_record): {first}') from None
+  n = len(source)
+  if n == 0:
+    raise DataError(f'TFDS {tfds_name} ({tfds_split}) is empty')
+  images, labels = None, np.empty(n, np.int32)
+  for i in range(n):
+    record = source[i]
+    image = np.asarray(record['image'], np.uint8)
+    if image_size and image.shape[:2] != (image_size, image_size):
+      from PIL import Image
+      image = np.asarray(Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
+                         .resize((image_size, image_size), Image.BILINEAR), np.uint8)
+      image = image[..., None] if image.ndim == 2 else image
+    if images is None:
+      images = np.empty((n, *image.shape), np.uint8)
+    images[i] = image
+    labels[i] = int(record['label'])
+  return Dataset(images=images, labels=labels, mean=mean, std=std, num_classes=num_classes,
+                 name=name)
