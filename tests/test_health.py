@@ -33,7 +33,7 @@ def test_architecture_hessian_is_the_second_derivative_of_the_validation_loss(x6
   hessian = jax.jit(lambda a, wd: health.architecture_hessian(loss, a, wd, chunk=7))
   h = np.asarray(hessian(alphas, 0.0))
   # against jax.hessian (reverse over forward, a separate implementation)
-  np.testing.assert_allclose(h, jax.hessian(lambda f: loss(unravel(f)))(flat), rtol=1e-9,
+  np.testing.assert_allclose(h, jax.jit(jax.hessian(lambda f: loss(unravel(f))))(flat), rtol=1e-9,
                              atol=1e-12)
   # against central differences of the gradient, column by column
   grad = jax.jit(jax.grad(lambda f: loss(unravel(f))))

@@ -13,6 +13,7 @@ Two readers share the listing: :func:`load_folder` decodes a small set into memo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 from typing import NamedTuple
@@ -102,25 +103,28 @@ def list_split(root: str | os.PathLike, split: str) -> ImageFiles:
   return list_images(root, split, classes)
 
 
-def decode(path: str, mode: str = 'RGB'):
-  """The Pillow image at ``path`` converted to ``mode`` ('RGB' or 'L'), loaded; a one-line
-  DataError naming the file when it is not a readable image."""
+@contextlib.contextmanager
+def opened(path: str):
+  """The Pillow image at ``path``, its header read; an unreadable file, here or while the block
+  decodes it, is a one-line DataError that names it."""
   from PIL import Image, UnidentifiedImageError
   try:
     with Image.open(path) as image:
-      image.load()
-      return image.convert(mode) if image.mode != mode else image.copy()
+      yield image
   except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
     raise DataError(f'{path}: not a readable image ({type(e).__name__}: {e})') from None
+
+
+def decode(path: str, mode: str = 'RGB'):
+  """The Pillow image at ``path`` converted to ``mode`` ('RGB' or 'L'), loaded."""
+  with opened(path) as image:
+    image.load()
+    return image.convert(mode) if image.mode != mode else image.copy()
 
 
 def _image_mode(path: str) -> str:
-  from PIL import Image, UnidentifiedImageError
-  try:
-    with Image.open(path) as image:
-      return image.mode
-  except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-    raise DataError(f'{path}: not a readable image ({type(e).__name__}: {e})') from None
+  with opened(path) as image:
+    return image.mode
 
 
 STATISTICS_IMAGES = 10_000  # the training images a folder set's mean and std are taken from

@@ -24,7 +24,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from darts_jax.data import folder as folder_lib
-from darts_jax.data.pipeline import DataError
 
 # the torchvision constants the original normalises with
 MEAN = (0.485, 0.456, 0.406)
@@ -110,41 +109,27 @@ def random_resized_crop_box(rng: np.random.Generator, width: int, height: int,
   return (width - w) // 2, (height - h) // 2, w, h
 
 
-def _open(path: str, size_hint: tuple[int, int] | None, box=None):
-  """The RGB image at ``path``, JPEG-decoded at the smallest 1/2^k scale that keeps the region
-  ``box`` (default: all) at least ``size_hint`` large; and the factor the scale divided by."""
-  from PIL import Image, UnidentifiedImageError
-  try:
-    with Image.open(path) as image:
-      width, height = image.size
-      if size_hint is not None:
-        bw, bh = (box[2], box[3]) if box is not None else (width, height)
-        # draft only shrinks by powers of two, never below the size asked for
-        image.draft('RGB', (math.ceil(width * size_hint[0] / bw),
-                            math.ceil(height * size_hint[1] / bh)))
-      image.load()
-      factor = width / image.size[0]
-      return (image.convert('RGB') if image.mode != 'RGB' else image.copy()), factor
-  except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-    raise DataError(f'{path}: not a readable image ({type(e).__name__}: {e})') from None
-
-
-def _image_size(path: str) -> tuple[int, int]:
-  from PIL import Image, UnidentifiedImageError
-  try:
-    with Image.open(path) as image:
-      return image.size
-  except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-    raise DataError(f'{path}: not a readable image ({type(e).__name__}: {e})') from None
+def _decode(path: str, plan):
+  """The RGB image at ``path``, the box to keep in its pixels and the size to resample it to,
+  from ``plan(width, height) -> (box, size)``. A JPEG is decoded at the smallest 1/2^k scale
+  (Pillow's ``draft``) that keeps the box at least that size, and the box is scaled with it."""
+  with folder_lib.opened(path) as image:
+    width, height = image.size
+    (left, top, w, h), (out_w, out_h) = plan(width, height)
+    # draft only shrinks by powers of two, never below the size asked for
+    image.draft('RGB', (math.ceil(width * out_w / w), math.ceil(height * out_h / h)))
+    image.load()
+    sx, sy = image.size[0] / width, image.size[1] / height
+    image = image.convert('RGB') if image.mode != 'RGB' else image.copy()
+  return image, (left * sx, top * sy, (left + w) * sx, (top + h) * sy), (out_w, out_h)
 
 
 def train_image(path: str, rng: np.random.Generator, size: int) -> np.ndarray:
   """The training view of one image: ``RandomResizedCrop(size)`` (bilinear) then
   ``RandomHorizontalFlip()``, (size, size, 3) uint8."""
   from PIL import Image
-  left, top, w, h = random_resized_crop_box(rng, *_image_size(path))
-  image, factor = _open(path, (size, size), (left, top, w, h))
-  box = (left / factor, top / factor, (left + w) / factor, (top + h) / factor)
+  image, box, _ = _decode(path, lambda width, height: (
+      random_resized_crop_box(rng, width, height), (size, size)))
   image = image.resize((size, size), Image.BILINEAR, box=box)
   if rng.random() < 0.5:
     image = image.transpose(Image.FLIP_LEFT_RIGHT)
@@ -154,12 +139,14 @@ def train_image(path: str, rng: np.random.Generator, size: int) -> np.ndarray:
 def eval_image(path: str, size: int, resize_size: int) -> np.ndarray:
   """The evaluation view: ``Resize(resize_size)`` of the shorter side, ``CenterCrop(size)``."""
   from PIL import Image
-  width, height = _image_size(path)
-  scale = resize_size / min(width, height)
-  new = (max(1, round(width * scale)), max(1, round(height * scale)))
-  image, _ = _open(path, new)
-  image = image.resize(new, Image.BILINEAR)
-  left, top = int(round((new[0] - size) / 2)), int(round((new[1] - size) / 2))
+
+  def plan(width, height):
+    scale = resize_size / min(width, height)
+    return (0, 0, width, height), (max(1, round(width * scale)), max(1, round(height * scale)))
+
+  image, box, (width, height) = _decode(path, plan)
+  image = image.resize((width, height), Image.BILINEAR, box=box)
+  left, top = int(round((width - size) / 2)), int(round((height - size) / 2))
   return np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
 
 
