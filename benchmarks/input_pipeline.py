@@ -44,7 +44,7 @@ def measure(root: str, train: bool, threads: int, workers: int, batch: int,
   from darts_jax.data import imagenet
   data = imagenet.load_streaming(root, 'train', image_size=image_size, resize_size=256,
                                  workers=workers, threads=threads)._replace(train=train)
-  n = len(data.labels) // batch * batch
+  n = data.num_examples // batch * batch
   order = np.arange(n).reshape(-1, batch)
   t0 = time.perf_counter()
   iterator = imagenet.local_batches(data, order, slice(0, batch), seed=0, epoch=0)

@@ -55,6 +55,10 @@ def _image_shape(data: Data) -> tuple[int, int, int]:
   return data.image_shape if isinstance(data, imagenet.StreamingSet) else data.images.shape[1:]
 
 
+def _num_examples(data: Data) -> int:
+  return data.num_examples if isinstance(data, imagenet.StreamingSet) else len(data.labels)
+
+
 class TrainResult(NamedTuple):
   state: train_lib.TrainState
   genotype: Genotype | nb201.Structure
@@ -77,13 +81,10 @@ def _check_config(cfg: Mapping) -> None:
   for name in ('batch_size', 'init_channels', 'layers', 'epochs', 'stem_multiplier',
                'eval_every') + (('cells_per_stage',) if 'cells_per_stage' in cfg else ()):
     run_config.check_int(cfg, name, 1)
-  source = data_lib.data_source(cfg['dataset'], cfg['data_source'])
+  data_lib.data_source(cfg['dataset'], cfg['data_source'])  # a bad pair fails here
   augmentation = data_lib.dataset_augmentation(cfg['dataset'], cfg['augmentation'],
                                                _streamed(cfg))
   if _streamed(cfg):
-    if source != 'folder':
-      raise ValueError(f"data_source={source!r}: ImageNet trains from its folder of JPEGs "
-                       "(data_source='folder'; TFDS's imagenet2012 is not streamed yet)")
     if augmentation not in ('imagenet', 'none'):
       raise ValueError(f'augmentation={augmentation!r}: ImageNet takes imagenet (random-resized '
                        'crop, flip, colour jitter) or none')
@@ -177,7 +178,7 @@ def evaluate(eval_fn: Callable, weights, batch_stats, test_set: Data,
              feed: parallel.BatchFeed) -> dict[str, float]:
   """Mean loss, top-1 and top-5 accuracy over the whole of ``test_set`` (eval-mode BN)."""
   sums = {'loss': 0.0, 'top1': 0.0, 'top5': 0.0, 'examples': 0.0}
-  index, mask = _eval_batches(len(test_set.labels), feed.batch_size)
+  index, mask = _eval_batches(_num_examples(test_set), feed.batch_size)
   positions = np.arange(feed.batch_size)
   streamed = isinstance(test_set, imagenet.StreamingSet)
   reader = imagenet.EpochFeed(test_set, index, feed.rows, 0, 0) if streamed else None
@@ -216,12 +217,12 @@ def _setup(cfg: Mapping, need_train: bool = True, workdir: str | None = None) ->
   test_set = _load(cfg, 'test', cfg['max_test_examples'])
   train_set = _load(cfg, 'train', cfg['max_examples']) if need_train else test_set
   batch = cfg['batch_size']
-  if need_train and batch > len(train_set.labels):
-    raise ValueError(f'batch_size={batch} exceeds the {len(train_set.labels)} training examples '
-                     f'of {cfg["dataset"]!r}')
+  if need_train and batch > _num_examples(train_set):
+    raise ValueError(f'batch_size={batch} exceeds the {_num_examples(train_set)} training '
+                     f'examples of {cfg["dataset"]!r}')
   # evaluation alone has no epochs: a test set smaller than a batch is fine
   hp = hparams_from_config(
-      cfg, data_lib.steps_per_epoch(len(train_set.labels), batch) if need_train else 1)
+      cfg, data_lib.steps_per_epoch(_num_examples(train_set), batch) if need_train else 1)
   model = _model(cfg, genotype, train_set)
   _check_shapes(cfg, model, train_set)
   return _Setup(cfg, dtype, genotype, model, train_set, test_set, hp,
@@ -232,9 +233,14 @@ def _load(cfg: Mapping, split: str, limit: int) -> Data:
   """``split`` of the run's data: ImageNet listed for streaming, the rest read into memory;
   the first ``limit`` examples (0: all)."""
   if _streamed(cfg):
-    data = imagenet.load_streaming(
-        data_lib.folder_root('imagenet', cfg['data_dir']), split, cfg['image_size'] or 224,
-        cfg['resize_size'], 'imagenet', cfg['loader_workers'], cfg['loader_threads'])
+    sizes = (cfg['image_size'] or 224, cfg['resize_size'])
+    if data_lib.data_source('imagenet', cfg['data_source']) == 'tfds':
+      data = imagenet.load_streaming_tfds(cfg['data_dir'], split, *sizes, cfg['download'],
+                                          cfg['loader_workers'], cfg['loader_threads'])
+    else:
+      data = imagenet.load_streaming(data_lib.folder_root('imagenet', cfg['data_dir']), split,
+                                     *sizes, 'imagenet', cfg['loader_workers'],
+                                     cfg['loader_threads'])
     return imagenet.subset(data, limit)
   return data_lib.load_dataset(cfg['dataset'], split, cfg['data_dir'] or None, cfg['download'],
                                cfg['data_source'], cfg['image_size'], limit)
@@ -288,7 +294,7 @@ def _epoch_loop(s: _Setup, state, shardings, best_checkpoint) -> run_loop.EpochL
   total = hp.epochs * spe
 
   def batches(epoch):
-    order = data_lib.epoch_order(len(train_set.labels), batch, cfg['seed'], epoch)
+    order = data_lib.epoch_order(_num_examples(train_set), batch, cfg['seed'], epoch)
     if streamed:  # this process decodes its rows of each batch, reading ahead
       reader = imagenet.EpochFeed(train_set, order, feed.rows, cfg['seed'], epoch)
       return lambda i: (feed.from_local(*reader(i)),)
@@ -325,8 +331,8 @@ def _epoch_loop(s: _Setup, state, shardings, best_checkpoint) -> run_loop.EpochL
   def intro(step):
     lines = [] if step else [
         f'training {s.genotype.to_string()}\n  on {cfg["dataset"]} '
-        f'{tuple(_image_shape(train_set))}: {len(train_set.labels)} training, '
-        f'{len(s.test_set.labels)} test examples, {train_set.num_classes} classes; '
+        f'{tuple(_image_shape(train_set))}: {_num_examples(train_set)} training, '
+        f'{_num_examples(s.test_set)} test examples, {train_set.num_classes} classes; '
         f'{hp.epochs} epochs x {spe} steps, {ex.describe(batch)}; lr {hp.lr:g} {schedule}'
         f'{" (Nesterov)" if hp.nesterov else ""}'
         + (f', label smoothing {hp.label_smoothing:g}' if hp.label_smoothing else '') + '; '
@@ -376,7 +382,7 @@ def run_train(cfg: Mapping, workdir: str, *,
   test = None
   if tested and tested[-1]['step'] == total:
     test = {'loss': tested[-1]['test_loss'], 'top1': tested[-1]['test_top1'],
-            'top5': tested[-1]['test_top5'], 'examples': len(s.test_set.labels)}
+            'top5': tested[-1]['test_top5'], 'examples': _num_examples(s.test_set)}
   return TrainResult(parallel.to_host(state), s.genotype, test, best)
 
 

@@ -128,7 +128,7 @@ def test_batches_do_not_depend_on_who_decodes_them_or_where_the_epoch_starts(jpe
   order = np.arange(18).reshape(3, 6)
   whole = list(imagenet.local_batches(data, order, slice(0, 6), seed=5, epoch=2))
   assert [b[0].shape for b in whole] == [(6, 16, 16, 3)] * 3
-  np.testing.assert_array_equal(np.concatenate([b[1] for b in whole]), data.labels[:18])
+  np.testing.assert_array_equal(np.concatenate([b[1] for b in whole]), data.files.labels[:18])
   for other in (data._replace(threads=4), data._replace(workers=2)):
     for a, b in zip(imagenet.local_batches(other, order, slice(0, 6), 5, 2), whole):
       np.testing.assert_array_equal(a[0], b[0])
@@ -283,3 +283,38 @@ def test_imagenet_config_errors(tmp_path, jpegs, capsys):
     err = capsys.readouterr().err
     assert message in err and 'Traceback' not in err, err
     assert not (tmp_path / 'run' / 'checkpoints').exists()
+
+
+def test_imagenet2012_from_tfds_streams_record_by_record():
+  tfds = pytest.importorskip('tensorflow_datasets')
+  with tfds.testing.mock_data(num_examples=12):
+    train = imagenet.load_streaming_tfds(None, 'train', 24, 28, download=False, threads=2)
+    test = imagenet.load_streaming_tfds(None, 'test', 24, 28, download=False)
+    assert (train.num_examples, train.num_classes, train.classes[0]) == (12, 1000, 'n01440764')
+    assert test.files.split == 'validation' and imagenet.subset(train, 5).num_examples == 5
+    order = np.arange(12).reshape(2, 6)
+    batches = list(imagenet.local_batches(train, order, slice(0, 6), seed=0, epoch=0))
+    records = [train.files.read(i) for i in range(12)]
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]),
+                                  [label for _, label in records])
+    # each view is the same crop of the decoded record a file would give
+    for j in (0, 7):
+      expect = imagenet.train_image(records[j][0], imagenet.example_rng(0, 0, j), 24)
+      np.testing.assert_array_equal(batches[j // 6][0][j % 6], expect)
+    view = next(imagenet.local_batches(test, order, slice(0, 6), 0, 0))[0][0]
+    np.testing.assert_array_equal(view, imagenet.eval_image(test.files.read(0)[0], 24, 28))
+
+
+@pytest.mark.slow
+@pytest.mark.extended
+def test_tiny_imagenet_trains_from_tfds(tmp_path, capsys):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  with tfds.testing.mock_data(num_examples=12):
+    args = _args('', tmp_path / 'run', '--config.data_source=tfds', '--config.epochs=1',
+                 '--config.download=False')
+    status = cli.main(cifar_train.run, imagenet_train.DEFAULT_CONFIG,
+                      [a for a in args if not a.startswith('--config.data_dir')])
+  out, err = capsys.readouterr()
+  assert status == 0, err
+  assert 'on imagenet (32, 32, 3): 12 training, 12 test examples, 1000 classes' in out
+  assert (tmp_path / 'run' / 'classes.txt').read_text().splitlines()[0] == 'n01440764'

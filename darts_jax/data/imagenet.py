@@ -1,5 +1,5 @@
-"""ImageNet (or any large folder of JPEGs) decoded while it trains: the original's
-``train_imagenet.py`` input pipeline, made a function of (seed, epoch, position).
+"""ImageNet (a folder of JPEGs, or TFDS's ``imagenet2012``) decoded while it trains: the
+original's ``train_imagenet.py`` input pipeline, made a function of (seed, epoch, position).
 
 The host does what needs the file: decode, the random-resized crop to ``image_size`` and the
 flip (training), or the resize of the shorter side to ``resize_size`` and the centre crop
@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from darts_jax.data import folder as folder_lib
+from darts_jax.data import tfds_source
 
 # the torchvision constants the original normalises with
 MEAN = (0.485, 0.456, 0.406)
@@ -35,8 +36,9 @@ JITTER = (0.4, 0.4, 0.4, 0.2)  # brightness, contrast, saturation, hue
 
 
 class StreamingSet(NamedTuple):
-  """A folder dataset read image by image: what a run needs to know without decoding it."""
-  files: folder_lib.ImageFiles
+  """A dataset read image by image, from a folder or TFDS: what a run needs to know without
+  decoding it."""
+  files: folder_lib.ImageFiles | tfds_source.TfdsImages
   image_size: int  # the side of the square images the network sees
   resize_size: int  # evaluation: the shorter side before the centre crop
   train: bool  # random-resized crop and flip, or resize and centre crop
@@ -48,15 +50,13 @@ class StreamingSet(NamedTuple):
 
   @property
   def num_examples(self) -> int:
+    if isinstance(self.files, tfds_source.TfdsImages):
+      return len(self.files)
     return len(self.files.paths)
 
   @property
   def num_classes(self) -> int:
     return len(self.files.classes)
-
-  @property
-  def labels(self) -> np.ndarray:
-    return self.files.labels
 
   @property
   def classes(self) -> tuple[str, ...]:
@@ -70,11 +70,25 @@ class StreamingSet(NamedTuple):
 def load_streaming(root, split: str, image_size: int = 224, resize_size: int = 256,
                    name: str = 'imagenet', workers: int = 0, threads: int = 8) -> StreamingSet:
   """``split`` ('train' or 'test', which reads ``val/``) of the folder at ``root``, listed."""
+  _check_sizes(image_size, resize_size)
+  return StreamingSet(folder_lib.list_split(root, split), image_size, resize_size,
+                      split == 'train', MEAN, STD, name, workers, threads)
+
+
+def load_streaming_tfds(data_dir, split: str, image_size: int = 224, resize_size: int = 256,
+                        download: bool = True, workers: int = 0,
+                        threads: int = 8) -> StreamingSet:
+  """``split`` of TFDS's ``imagenet2012`` ('test' reads its validation split), opened."""
+  _check_sizes(image_size, resize_size)
+  return StreamingSet(tfds_source.list_tfds_images('imagenet', split, data_dir or None, download),
+                      image_size, resize_size, split == 'train', MEAN, STD, 'imagenet', workers,
+                      threads)
+
+
+def _check_sizes(image_size: int, resize_size: int) -> None:
   if not 0 < image_size <= resize_size:
     raise ValueError(f'image_size={image_size}, resize_size={resize_size}: need 0 < image_size '
                      '<= resize_size (the evaluation crop lies inside the resized image)')
-  return StreamingSet(folder_lib.list_split(root, split), image_size, resize_size,
-                      split == 'train', MEAN, STD, name, workers, threads)
 
 
 def subset(data: StreamingSet, n: int) -> StreamingSet:
@@ -82,7 +96,16 @@ def subset(data: StreamingSet, n: int) -> StreamingSet:
   if not n:
     return data
   files = data.files
+  if isinstance(files, tfds_source.TfdsImages):
+    return data._replace(files=files.head(n))
   return data._replace(files=files._replace(paths=files.paths[:n], labels=files.labels[:n]))
+
+
+def _read(files, i: int):
+  """Example ``i``: (a file's path or a decoded image, its label)."""
+  if isinstance(files, tfds_source.TfdsImages):
+    return files.read(i)
+  return files.paths[i], int(files.labels[i])
 
 
 def random_resized_crop_box(rng: np.random.Generator, width: int, height: int,
@@ -109,11 +132,17 @@ def random_resized_crop_box(rng: np.random.Generator, width: int, height: int,
   return (width - w) // 2, (height - h) // 2, w, h
 
 
-def _decode(path: str, plan):
-  """The RGB image at ``path``, the box to keep in its pixels and the size to resample it to,
-  from ``plan(width, height) -> (box, size)``. A JPEG is decoded at the smallest 1/2^k scale
-  (Pillow's ``draft``) that keeps the box at least that size, and the box is scaled with it."""
-  with folder_lib.opened(path) as image:
+def _decode(source, plan):
+  """An RGB Pillow image, the box to keep in its pixels and the size to resample it to, from
+  ``plan(width, height) -> (box, size)``. ``source`` is a file's path or a decoded (H, W, 3)
+  image. A JPEG file is decoded at the smallest 1/2^k scale (Pillow's ``draft``) that keeps the
+  box at least that size, and the box is scaled with it."""
+  if isinstance(source, np.ndarray):
+    from PIL import Image
+    image = Image.fromarray(source)
+    box, size = plan(*image.size)
+    return image, (box[0], box[1], box[0] + box[2], box[1] + box[3]), size
+  with folder_lib.opened(source) as image:
     width, height = image.size
     (left, top, w, h), (out_w, out_h) = plan(width, height)
     # draft only shrinks by powers of two, never below the size asked for
@@ -124,11 +153,11 @@ def _decode(path: str, plan):
   return image, (left * sx, top * sy, (left + w) * sx, (top + h) * sy), (out_w, out_h)
 
 
-def train_image(path: str, rng: np.random.Generator, size: int) -> np.ndarray:
-  """The training view of one image: ``RandomResizedCrop(size)`` (bilinear) then
-  ``RandomHorizontalFlip()``, (size, size, 3) uint8."""
+def train_image(source, rng: np.random.Generator, size: int) -> np.ndarray:
+  """The training view of one image (a file's path or a decoded image): ``RandomResizedCrop(
+  size)`` (bilinear) then ``RandomHorizontalFlip()``, (size, size, 3) uint8."""
   from PIL import Image
-  image, box, _ = _decode(path, lambda width, height: (
+  image, box, _ = _decode(source, lambda width, height: (
       random_resized_crop_box(rng, width, height), (size, size)))
   image = image.resize((size, size), Image.BILINEAR, box=box)
   if rng.random() < 0.5:
@@ -136,7 +165,7 @@ def train_image(path: str, rng: np.random.Generator, size: int) -> np.ndarray:
   return np.asarray(image, np.uint8)
 
 
-def eval_image(path: str, size: int, resize_size: int) -> np.ndarray:
+def eval_image(source, size: int, resize_size: int) -> np.ndarray:
   """The evaluation view: ``Resize(resize_size)`` of the shorter side, ``CenterCrop(size)``."""
   from PIL import Image
 
@@ -144,7 +173,7 @@ def eval_image(path: str, size: int, resize_size: int) -> np.ndarray:
     scale = resize_size / min(width, height)
     return (0, 0, width, height), (max(1, round(width * scale)), max(1, round(height * scale)))
 
-  image, box, (width, height) = _decode(path, plan)
+  image, box, (width, height) = _decode(source, plan)
   image = image.resize((width, height), Image.BILINEAR, box=box)
   left, top = int(round((width - size) / 2)), int(round((height - size) / 2))
   return np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
@@ -165,14 +194,13 @@ class _Example:
     self.positions = positions
 
   def __call__(self, j: int):
-    i = int(self.index[j])
-    path = self.data.files.paths[i]
+    source, label = _read(self.data.files, int(self.index[j]))
     if self.data.train:
-      image = train_image(path, example_rng(self.seed, self.epoch, int(self.positions[j])),
+      image = train_image(source, example_rng(self.seed, self.epoch, int(self.positions[j])),
                           self.data.image_size)
     else:
-      image = eval_image(path, self.data.image_size, self.data.resize_size)
-    return image, self.data.files.labels[i]
+      image = eval_image(source, self.data.image_size, self.data.resize_size)
+    return image, label
 
 
 def _stack(examples):

@@ -11,12 +11,13 @@ it elsewhere). ImageNet's ``imagenet2012`` cannot be downloaded: its tars go in
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
 from darts_jax.data.pipeline import DataError, Dataset
 
-# our dataset names -> TFDS's, and our splits -> TFDS's
+# our dataset names -> TFDS's, and our splits -> TFDS's (ImageNet's test split is its validation)
 NAMES = {'cifar10': 'cifar10', 'cifar100': 'cifar100', 'mnist': 'mnist',
          'fashion_mnist': 'fashion_mnist', 'imagenet': 'imagenet2012'}
 SPLITS = {'train': 'train', 'test': 'test'}
@@ -32,17 +33,13 @@ def _tfds():
   return tfds
 
 
-def load_tfds(name: str, split: str, data_dir: str | os.PathLike | None, download: bool,
-              mean: tuple[float, ...], std: tuple[float, ...], image_size: int = 0) -> Dataset:
-  """``split`` of TFDS's copy of ``name`` read into memory, uint8 NHWC; images resized to
-  ``image_size`` squared when it is > 0 (ImageNet's differ in size, so it needs one)."""
+def _open(name: str, split: str, data_dir: str | os.PathLike | None, download: bool):
+  """``(TFDS's name, TFDS's split, the data source, its label feature)``; a one-line DataError
+  when the set cannot be read."""
   if name not in NAMES:
     raise ValueError(f"data_source='tfds' has no {name!r}; allowed: {', '.join(NAMES)}")
   if split not in SPLITS:
     raise ValueError(f'split {split!r}: expected one of {tuple(SPLITS)}')
-  if name == 'imagenet' and not image_size:
-    raise ValueError('imagenet2012 read into memory needs --config.image_size=N: its images '
-                     'differ in size')
   tfds = _tfds()
   tfds_name = NAMES[name]
   tfds_split = (_IMAGENET_SPLITS if name == 'imagenet' else SPLITS)[split]
@@ -50,16 +47,69 @@ def load_tfds(name: str, split: str, data_dir: str | os.PathLike | None, downloa
     source = tfds.data_source(tfds_name, split=tfds_split,
                               data_dir=None if data_dir is None else os.fspath(data_dir),
                               download=download)
-    num_classes = source.dataset_info.features['label'].num_classes
+    label = source.dataset_info.features['label']
   except Exception as e:  # TFDS raises many types for a missing or unprepared set
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     where = data_dir or "TFDS's default data_dir"
     raise DataError(f'TFDS {tfds_name} ({tfds_split}) could not be read from {where} '
                     f'(prepare it with download=True, or tfds build {tfds_name} '
                     f'--file_format=array_record): {first}') from None
-  n = len(source)
-  if n == 0:
+  if len(source) == 0:
     raise DataError(f'TFDS {tfds_name} ({tfds_split}) is empty')
+  return tfds_name, tfds_split, source, label
+
+
+class TfdsImages:
+  """A TFDS image set read record by record, as ImageNet's ``imagenet2012`` trains: its size,
+  class names and ``read(i) -> (image (H, W, 3) uint8, label)``. The data source is opened in
+  each process that reads (grain's workers get a copy without it)."""
+
+  def __init__(self, name: str, split: str, data_dir: str | None, size: int,
+               classes: tuple[str, ...], source: Any = None):
+    self.name, self.split, self.data_dir, self.size = name, split, data_dir, size
+    self.classes = classes
+    self._source = source
+
+  def __len__(self) -> int:
+    return self.size
+
+  def __getstate__(self):
+    return {**self.__dict__, '_source': None}
+
+  def head(self, n: int) -> 'TfdsImages':
+    """The first ``n`` records (0: all)."""
+    size = min(n, self.size) if n else self.size
+    return TfdsImages(self.name, self.split, self.data_dir, size, self.classes, self._source)
+
+  def read(self, i: int) -> tuple[np.ndarray, int]:
+    if self._source is None:
+      self._source = _tfds().data_source(self.name, split=self.split, data_dir=self.data_dir)
+    try:
+      record = self._source[i]
+      image = np.asarray(record['image'], np.uint8)
+    except Exception as e:  # a record TFDS cannot decode
+      raise DataError(f'TFDS {self.name} ({self.split}) record {i}: not a readable image '
+                      f'({type(e).__name__}: {e})') from None
+    return (np.repeat(image, 3, -1) if image.shape[-1] == 1 else image), int(record['label'])
+
+
+def list_tfds_images(name: str, split: str, data_dir: str | os.PathLike | None,
+                     download: bool) -> TfdsImages:
+  """``split`` of TFDS's copy of ``name``, opened but not read."""
+  tfds_name, tfds_split, source, label = _open(name, split, data_dir, download)
+  return TfdsImages(tfds_name, tfds_split, None if data_dir is None else os.fspath(data_dir),
+                    len(source), tuple(label.names), source)
+
+
+def load_tfds(name: str, split: str, data_dir: str | os.PathLike | None, download: bool,
+              mean: tuple[float, ...], std: tuple[float, ...], image_size: int = 0) -> Dataset:
+  """``split`` of TFDS's copy of ``name`` read into memory, uint8 NHWC; images resized to
+  ``image_size`` squared when it is > 0 (ImageNet's differ in size, so it needs one)."""
+  if name == 'imagenet' and not image_size:
+    raise ValueError('imagenet2012 read into memory needs --config.image_size=N: its images '
+                     'differ in size')
+  _, _, source, label = _open(name, split, data_dir, download)
+  num_classes, n = label.num_classes, len(source)
   images, labels = None, np.empty(n, np.int32)
   for i in range(n):
     record = source[i]
