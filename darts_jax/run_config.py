@@ -71,7 +71,9 @@ BEFORE_HEALTH = {'hessian_every': 0, 'hessian_batch': 64, 'hessian_lanczos_steps
 BEFORE_SPACES = {'search_space': 'darts_cnn', 'cells_per_stage': 5, 'nesterov': False}
 # what a run started before the datasets beyond CIFAR existed did: it read an archive into
 # memory and augmented it with crop and flip, and trained with a cosine schedule, no smoothing
-BEFORE_DATASETS = {'data_source': '', 'augmentation': '', 'image_size': 0, 'resize_size': 256,
+# (runs store data_source and augmentation resolved, never '')
+BEFORE_DATASETS = {'data_source': 'archive', 'augmentation': 'crop_flip', 'image_size': 0,
+                   'resize_size': 256,
                    'loader_workers': 0, 'loader_threads': 8, 'lr_schedule': 'cosine',
                    'lr_gamma': 0.97, 'label_smoothing': 0.0}
 # every config key the scale-out added (experiments/configs/scale_out.py, num_devices aside)

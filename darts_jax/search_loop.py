@@ -303,6 +303,9 @@ def _setup(cfg: Mapping, workdir: str, space_from_run: SpaceFromRun, method: str
   write."""
   cfg = dict(cfg)
   _check_config(cfg)
+  # stored resolved: a run resumes with the source and augmentation it started with
+  cfg['data_source'] = data_lib.data_source(cfg['dataset'], cfg['data_source'])
+  cfg['augmentation'] = data_lib.dataset_augmentation(cfg['dataset'], cfg['augmentation'])
   methods.get(method)  # an unknown name fails before any data is read
   run_config.check_workdir_usable(workdir)
   dtype = run_config.run_dtype(cfg)
@@ -342,9 +345,9 @@ def _epoch_loop(s: _Setup, workdir: str, state, shardings, log: Callable[[str], 
   cfg, hp, ex, space = s.cfg, s.hp, s.ex, s.space
   batch, spe = cfg['batch_size'], hp.steps_per_epoch
   mean, std = s.full.mean, s.full.std
-  augmentation = data_lib.dataset_augmentation(cfg['dataset'], cfg['augmentation'])
   preprocess = lambda key, images: data_lib.train_transform(  # noqa: E731
-      key, images, mean, std, augmentation, cfg['crop_padding'], cfg['flip']).astype(s.dtype)
+      key, images, mean, std, cfg['augmentation'], cfg['crop_padding'],
+      cfg['flip']).astype(s.dtype)
   loss = _search_loss(space, ex)
   eval_loss = _evaluation_loss(space, ex.compute_dtype, hp.epochs)
   eval_fn = search_lib.jit_eval_step(

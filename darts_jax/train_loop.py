@@ -182,13 +182,15 @@ def evaluate(eval_fn: Callable, weights, batch_stats, test_set: Data,
   positions = np.arange(feed.batch_size)
   streamed = isinstance(test_set, imagenet.StreamingSet)
   reader = imagenet.EpochFeed(test_set, index, feed.rows, 0, 0) if streamed else None
-  for t, (i, m) in enumerate(zip(index, mask)):
-    images, labels = (feed.from_local(*reader(t)) if streamed
-                      else feed(i, test_set.images, test_set.labels))
-    out = jax.device_get(eval_fn(weights, batch_stats, images, labels, feed(positions, m)[0]))
-    sums = {k: sums[k] + float(out[k]) for k in sums}
-  if reader is not None:
-    reader.close()
+  try:
+    for t, (i, m) in enumerate(zip(index, mask)):
+      images, labels = (feed.from_local(*reader(t)) if streamed
+                        else feed(i, test_set.images, test_set.labels))
+      out = jax.device_get(eval_fn(weights, batch_stats, images, labels, feed(positions, m)[0]))
+      sums = {k: sums[k] + float(out[k]) for k in sums}
+  finally:
+    if reader is not None:
+      reader.close()
   n = sums['examples']
   return {'loss': sums['loss'] / n, 'top1': sums['top1'] / n, 'top5': sums['top5'] / n,
           'examples': int(n)}
@@ -210,6 +212,10 @@ def _setup(cfg: Mapping, need_train: bool = True, workdir: str | None = None) ->
   before any data is read, whether ``workdir`` can be written)."""
   cfg = {**run_config.BEFORE_DATASETS, **cfg}
   _check_config(cfg)
+  # stored resolved: a run resumes with the source and augmentation it started with
+  cfg['data_source'] = data_lib.data_source(cfg['dataset'], cfg['data_source'])
+  cfg['augmentation'] = data_lib.dataset_augmentation(cfg['dataset'], cfg['augmentation'],
+                                                      _streamed(cfg))
   if workdir is not None:
     run_config.check_workdir_usable(workdir)
   dtype = run_config.run_dtype(cfg)
@@ -234,13 +240,15 @@ def _load(cfg: Mapping, split: str, limit: int) -> Data:
   the first ``limit`` examples (0: all)."""
   if _streamed(cfg):
     sizes = (cfg['image_size'] or 224, cfg['resize_size'])
-    if data_lib.data_source('imagenet', cfg['data_source']) == 'tfds':
+    if cfg['data_source'] == 'tfds':
       data = imagenet.load_streaming_tfds(cfg['data_dir'], split, *sizes, cfg['download'],
                                           cfg['loader_workers'], cfg['loader_threads'])
     else:
       data = imagenet.load_streaming(data_lib.folder_root('imagenet', cfg['data_dir']), split,
                                      *sizes, 'imagenet', cfg['loader_workers'],
                                      cfg['loader_threads'])
+    if cfg['augmentation'] == 'none':  # the evaluation view for training too: no crop, flip
+      data = data._replace(train=False)
     return imagenet.subset(data, limit)
   return data_lib.load_dataset(cfg['dataset'], split, cfg['data_dir'] or None, cfg['download'],
                                cfg['data_source'], cfg['image_size'], limit)
@@ -270,8 +278,7 @@ def _epoch_loop(s: _Setup, state, shardings, best_checkpoint) -> run_loop.EpochL
   batch, spe = cfg['batch_size'], hp.steps_per_epoch
   mean, std = train_set.mean, train_set.std
 
-  augmentation = data_lib.dataset_augmentation(cfg['dataset'], cfg['augmentation'],
-                                               _streamed(cfg))
+  augmentation = cfg['augmentation']
   streamed = isinstance(train_set, imagenet.StreamingSet)
 
   def preprocess(key, images):  # the original's transforms, cutout last (after Normalize)
@@ -293,11 +300,17 @@ def _epoch_loop(s: _Setup, state, shardings, best_checkpoint) -> run_loop.EpochL
   without_aux, with_aux = param_counts(state.weights)
   total = hp.epochs * spe
 
+  readers = {}  # the epoch's reader: the run asks for an epoch's batches more than once
+
   def batches(epoch):
     order = data_lib.epoch_order(_num_examples(train_set), batch, cfg['seed'], epoch)
     if streamed:  # this process decodes its rows of each batch, reading ahead
-      reader = imagenet.EpochFeed(train_set, order, feed.rows, cfg['seed'], epoch)
-      return lambda i: (feed.from_local(*reader(i)),)
+      if epoch not in readers:
+        for reader in readers.values():
+          reader.close()
+        readers.clear()
+        readers[epoch] = imagenet.EpochFeed(train_set, order, feed.rows, cfg['seed'], epoch)
+      return lambda i: (feed.from_local(*readers[epoch](i)),)
     return lambda i: (feed(order[i], train_set.images, train_set.labels),)
 
   def end_epoch(state, epoch, seconds):

@@ -242,3 +242,21 @@ def test_tfds_missing_set_is_a_one_line_error(tmp_path):
   assert f'TFDS mnist (train) could not be read from {tmp_path}' in str(info.value)
   assert 'tfds build mnist --file_format=array_record' in str(info.value)
   assert '\n' not in str(info.value)
+
+
+def test_runs_store_the_resolved_source_and_augmentation(tmp_path):
+  """A new run stores what '' resolved to; a run from before these keys resumes with crop and
+  flip from its archive, what it did then, whatever the dataset's own augmentation is now."""
+  from darts_jax import train_loop
+  from experiments.configs.train import get_config
+  from test_data import write_idx_set
+  write_idx_set(tmp_path / 'mnist', n_train=8, n_test=4)
+  config = get_config('tiny').to_dict()
+  config.update(dataset='mnist', data_dir=str(tmp_path), download=False, batch_size=4,
+                auxiliary=False, max_examples=0, max_test_examples=0)
+  setup = train_loop._setup(config)
+  assert (setup.cfg['data_source'], setup.cfg['augmentation']) == ('archive', 'affine')
+  old = {k: v for k, v in config.items() if k not in ('data_source', 'augmentation')}
+  assert train_loop._setup(old).cfg['augmentation'] == 'crop_flip'
+  with pytest.raises(ValueError, match=r'image_size=16: mnist is read at its own size'):
+    train_loop._setup({**config, 'image_size': 16})

@@ -318,3 +318,18 @@ def test_tiny_imagenet_trains_from_tfds(tmp_path, capsys):
   assert status == 0, err
   assert 'on imagenet (32, 32, 3): 12 training, 12 test examples, 1000 classes' in out
   assert (tmp_path / 'run' / 'classes.txt').read_text().splitlines()[0] == 'n01440764'
+
+
+def test_augmentation_none_trains_on_the_evaluation_view(jpegs):
+  from darts_jax import train_loop
+  from experiments.configs.imagenet import get_config
+  config = get_config('tiny').to_dict()
+  config.update(data_dir=str(jpegs), batch_size=6, image_size=32, resize_size=36)
+  assert train_loop._setup(config).train_set.train
+  plain = train_loop._setup({**config, 'augmentation': 'none'})
+  assert not plain.train_set.train and plain.cfg['augmentation'] == 'none'
+  order = np.arange(6)[None]
+  batch = next(imagenet.local_batches(plain.train_set, order, slice(0, 6), 0, 0))[0]
+  for k in range(6):
+    np.testing.assert_array_equal(
+        batch[k], imagenet.eval_image(plain.train_set.files.paths[k], 32, 36))

@@ -48,20 +48,23 @@ def test_auxiliary_loss_only_in_training():
   images = jnp.asarray(rng.normal(size=(4, 32, 32, 3)), jnp.float32)
   labels = jnp.asarray([1, 2, 3, 4])
   variables = {'params': state.weights, 'batch_stats': state.batch_stats}
-  (logits, aux), _ = model.apply(variables, images, True, mutable=['batch_stats'])
+  # each program compiled whole (op-by-op dispatch of the network costs more than compiling)
+  apply = jax.jit(model.apply, static_argnums=2, static_argnames='mutable')
+  eval_step = jax.jit(T.eval_step, static_argnums=0)
+  (logits, aux), _ = apply(variables, images, True, mutable=('batch_stats',))
   ce = lambda z: -jnp.mean(jax.nn.log_softmax(z)[jnp.arange(4), labels])
-  loss, _ = T.make_train_loss(model, 0.4)(state.weights, state.batch_stats, (images, labels),
-                                          jax.random.PRNGKey(1), 0.0)
+  loss, _ = jax.jit(T.make_train_loss(model, 0.4))(state.weights, state.batch_stats,
+                                                   (images, labels), jax.random.PRNGKey(1), 0.0)
   assert float(loss) == pytest.approx(float(ce(logits) + 0.4 * ce(aux)), rel=1e-6)
   assert float(ce(aux)) > 0.1  # the head contributes
-  sums = T.eval_step(model, state.weights, state.batch_stats, images, labels, jnp.ones(4))
-  eval_logits, eval_aux = model.apply(variables, images, False)
+  sums = eval_step(model, state.weights, state.batch_stats, images, labels, jnp.ones(4))
+  eval_logits, eval_aux = apply(variables, images, False)
   assert eval_aux is None
   assert float(sums['loss']) == pytest.approx(4 * float(ce(eval_logits)), rel=1e-6)
   # top-1 and top-5 hits by hand; a masked-out example counts nowhere
   ranks = (eval_logits > eval_logits[jnp.arange(4), labels][:, None]).sum(-1)
-  masked = T.eval_step(model, state.weights, state.batch_stats, images, labels,
-                       jnp.array([1.0, 1.0, 1.0, 0.0]))
+  masked = eval_step(model, state.weights, state.batch_stats, images, labels,
+                     jnp.array([1.0, 1.0, 1.0, 0.0]))
   assert float(sums['top1']) == float(jnp.sum(ranks == 0))
   assert float(sums['top5']) == float(jnp.sum(ranks < 5))
   assert float(masked['examples']) == 3.0

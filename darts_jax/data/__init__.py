@@ -102,8 +102,11 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
   if source == 'tfds':
     from darts_jax.data import tfds_source
     mean, std = _CONSTANTS[name]
-    return subset(tfds_source.load_tfds(name, split, data_dir or None, download, mean, std,
-                                        image_size), limit)
+    return tfds_source.load_tfds(name, split, data_dir or None, download, mean, std,
+                                 image_size, limit)
+  if image_size:
+    raise ValueError(f'image_size={image_size}: {name} is read at its own size from its '
+                     "archive; image_size resizes folder and TFDS images (or set it to 0)")
   data_dir = default_data_dir() if data_dir is None or data_dir == '' else data_dir
   if name in ('cifar10', 'cifar100'):
     return subset(load_cifar(name, data_dir, split, download), limit)

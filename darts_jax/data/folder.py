@@ -121,7 +121,8 @@ def opened(path: str):
   try:
     with Image.open(path) as image:
       yield image
-  except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+  except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError,
+          SyntaxError) as e:
     raise DataError(f'{path}: not a readable image ({type(e).__name__}: {e})') from None
 
 

@@ -132,11 +132,13 @@ def random_resized_crop_box(rng: np.random.Generator, width: int, height: int,
   return (width - w) // 2, (height - h) // 2, w, h
 
 
-def _decode(source, plan):
+def _decode(source, plan, draft: bool = True):
   """An RGB Pillow image, the box to keep in its pixels and the size to resample it to, from
   ``plan(width, height) -> (box, size)``. ``source`` is a file's path or a decoded (H, W, 3)
-  image. A JPEG file is decoded at the smallest 1/2^k scale (Pillow's ``draft``) that keeps the
-  box at least that size, and the box is scaled with it."""
+  image. With ``draft``, a JPEG file is decoded at the smallest 1/2^k scale (Pillow's
+  ``draft``) that keeps the box at least that size, and the box is scaled with it: training
+  views only, since the pixels then differ from a full decode's (evaluation decodes in full, as
+  torchvision does)."""
   if isinstance(source, np.ndarray):
     from PIL import Image
     image = Image.fromarray(source)
@@ -145,12 +147,14 @@ def _decode(source, plan):
   with folder_lib.opened(source) as image:
     width, height = image.size
     (left, top, w, h), (out_w, out_h) = plan(width, height)
-    # draft only shrinks by powers of two, never below the size asked for
-    image.draft('RGB', (math.ceil(width * out_w / w), math.ceil(height * out_h / h)))
+    if draft:  # shrinks by 1/2^k, never below the size asked for
+      image.draft('RGB', (math.ceil(width * out_w / w), math.ceil(height * out_h / h)))
     image.load()
-    sx, sy = image.size[0] / width, image.size[1] / height
+    # the decoded size is ceil(size / 2^k): the box scales by 1 / 2^k exactly
+    shrink = 2.0 ** round(math.log2(width / image.size[0]))
     image = image.convert('RGB') if image.mode != 'RGB' else image.copy()
-  return image, (left * sx, top * sy, (left + w) * sx, (top + h) * sy), (out_w, out_h)
+  box = tuple(v / shrink for v in (left, top, left + w, top + h))
+  return image, box, (out_w, out_h)
 
 
 def train_image(source, rng: np.random.Generator, size: int) -> np.ndarray:
@@ -170,18 +174,22 @@ def eval_image(source, size: int, resize_size: int) -> np.ndarray:
   from PIL import Image
 
   def plan(width, height):
-    scale = resize_size / min(width, height)
-    return (0, 0, width, height), (max(1, round(width * scale)), max(1, round(height * scale)))
+    # torchvision's Resize(int): the shorter side to resize_size, the longer truncated
+    if width <= height:
+      return (0, 0, width, height), (resize_size, int(resize_size * height / width))
+    return (0, 0, width, height), (int(resize_size * width / height), resize_size)
 
-  image, box, (width, height) = _decode(source, plan)
+  image, box, (width, height) = _decode(source, plan, draft=False)
   image = image.resize((width, height), Image.BILINEAR, box=box)
   left, top = int(round((width - size) / 2)), int(round((height - size) / 2))
   return np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
 
 
 def example_rng(seed: int, epoch: int, position: int) -> np.random.Generator:
-  """The one generator an example's augmentation draws from."""
-  return np.random.default_rng([seed, epoch, position])
+  """The one generator an example's augmentation draws from. The last word tells it from the
+  epoch order's ``default_rng([seed, epoch])``, which SeedSequence would pad with zeros to the
+  same stream as example 0's."""
+  return np.random.default_rng([seed, epoch, position, 1])
 
 
 class _Example:
@@ -207,13 +215,25 @@ def _stack(examples):
   return (np.stack([e[0] for e in examples]), np.asarray([e[1] for e in examples], np.int32))
 
 
+class _Batch:
+  """``step -> a whole batch``, decoded one example after another: the element a worker process
+  produces (grain gives worker w the steps w, w + W, ...; a batch never spans processes)."""
+
+  def __init__(self, example: _Example, per_step: int):
+    self.example, self.per_step = example, per_step
+
+  def __call__(self, t: int):
+    return _stack([self.example(t * self.per_step + k) for k in range(self.per_step)])
+
+
 def local_batches(data: StreamingSet, order: np.ndarray, rows: slice, seed: int, epoch: int,
                   start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """This process's rows of the global batches ``order[start:]`` ((steps, global batch) example
   indices), decoded: ``(images (rows, S, S, 3) uint8, labels (rows,) int32)`` per step.
 
   Example ``order[t, r]`` draws its augmentation from ``(seed, epoch, t * global batch + r)``,
-  whoever decodes it."""
+  whoever decodes it. Without worker processes, ``threads`` threads decode single images, about
+  two batches ahead; with them, each process decodes whole batches, ``threads`` at a time."""
   import grain
   steps, global_batch = order.shape
   local = order[start:, rows]
@@ -221,18 +241,21 @@ def local_batches(data: StreamingSet, order: np.ndarray, rows: slice, seed: int,
   positions = (np.arange(start, steps)[:, None] * global_batch
                + np.arange(global_batch)[rows][None, :]).reshape(-1)
   example = _Example(data, local.reshape(-1), seed, epoch, positions)
-  dataset = grain.MapDataset.range(0, local.size).map(example).batch(per_step, batch_fn=_stack)
   threads = max(1, data.threads)
-  iterator = dataset.to_iter_dataset(grain.ReadOptions(num_threads=threads,
-                                                       prefetch_buffer_size=2 * per_step))
-  if data.workers > 0:
-    # grain's worker processes read its settings from absl's global flags, which are parsed only
-    # under absl.app.run; our commands parse their own flag set, so the defaults stand
-    from absl import flags
-    if not flags.FLAGS.is_parsed():
-      flags.FLAGS.mark_as_parsed()
-    iterator = iterator.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.workers))
-  return iter(iterator)
+  if data.workers == 0:
+    return iter(grain.MapDataset.range(0, local.size).map(example)
+                .to_iter_dataset(grain.ReadOptions(num_threads=threads,
+                                                   prefetch_buffer_size=2 * per_step))
+                .batch(per_step, batch_fn=_stack))
+  # grain's worker processes read its settings from absl's global flags, which are parsed only
+  # under absl.app.run; our commands parse their own flag set, so the defaults stand
+  from absl import flags
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  return iter(grain.MapDataset.range(0, local.shape[0]).map(_Batch(example, per_step))
+              .to_iter_dataset(grain.ReadOptions(num_threads=threads,
+                                                 prefetch_buffer_size=threads))
+              .mp_prefetch(grain.MultiprocessingOptions(num_workers=data.workers)))
 
 
 class EpochFeed:

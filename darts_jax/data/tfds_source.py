@@ -81,16 +81,20 @@ class TfdsImages:
     size = min(n, self.size) if n else self.size
     return TfdsImages(self.name, self.split, self.data_dir, size, self.classes, self._source)
 
-  def read(self, i: int) -> tuple[np.ndarray, int]:
+  def read(self, i: int, channels: int | None = 3) -> tuple[np.ndarray, int]:
+    """Record ``i``: its image (greyscale repeated to ``channels`` = 3; None: as stored) and
+    its label."""
     if self._source is None:
       self._source = _tfds().data_source(self.name, split=self.split, data_dir=self.data_dir)
     try:
       record = self._source[i]
-      image = np.asarray(record['image'], np.uint8)
+      image, label = np.asarray(record['image'], np.uint8), int(record['label'])
     except Exception as e:  # a record TFDS cannot decode
-      raise DataError(f'TFDS {self.name} ({self.split}) record {i}: not a readable image '
+      raise DataError(f'TFDS {self.name} ({self.split}) record {i}: not a readable example '
                       f'({type(e).__name__}: {e})') from None
-    return (np.repeat(image, 3, -1) if image.shape[-1] == 1 else image), int(record['label'])
+    if channels == 3 and image.shape[-1] == 1:
+      image = np.repeat(image, 3, -1)
+    return image, label
 
 
 def list_tfds_images(name: str, split: str, data_dir: str | os.PathLike | None,
@@ -102,18 +106,20 @@ def list_tfds_images(name: str, split: str, data_dir: str | os.PathLike | None,
 
 
 def load_tfds(name: str, split: str, data_dir: str | os.PathLike | None, download: bool,
-              mean: tuple[float, ...], std: tuple[float, ...], image_size: int = 0) -> Dataset:
+              mean: tuple[float, ...], std: tuple[float, ...], image_size: int = 0,
+              limit: int = 0) -> Dataset:
   """``split`` of TFDS's copy of ``name`` read into memory, uint8 NHWC; images resized to
-  ``image_size`` squared when it is > 0 (ImageNet's differ in size, so it needs one)."""
+  ``image_size`` squared when it is > 0 (ImageNet's differ in size, so it needs one); only the
+  first ``limit`` records (0: all) are read."""
   if name == 'imagenet' and not image_size:
     raise ValueError('imagenet2012 read into memory needs --config.image_size=N: its images '
                      'differ in size')
-  _, _, source, label = _open(name, split, data_dir, download)
-  num_classes, n = label.num_classes, len(source)
+  tfds_name, tfds_split, source, label = _open(name, split, data_dir, download)
+  records = TfdsImages(tfds_name, tfds_split, None, len(source), (), source)
+  num_classes, n = label.num_classes, min(limit, len(source)) if limit else len(source)
   images, labels = None, np.empty(n, np.int32)
   for i in range(n):
-    record = source[i]
-    image = np.asarray(record['image'], np.uint8)
+    image, labels[i] = records.read(i, channels=None)
     if image_size and image.shape[:2] != (image_size, image_size):
       from PIL import Image
       image = np.asarray(Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
@@ -122,6 +128,5 @@ def load_tfds(name: str, split: str, data_dir: str | os.PathLike | None, downloa
     if images is None:
       images = np.empty((n, *image.shape), np.uint8)
     images[i] = image
-    labels[i] = int(record['label'])
   return Dataset(images=images, labels=labels, mean=mean, std=std, num_classes=num_classes,
                  name=name)
