@@ -82,10 +82,6 @@ def _check_config(cfg: Mapping) -> None:
     run_config.check_int(cfg, name, 0,
                          'all' if name in ('max_examples', 'eval_batches') else 'off')
   run_config.check_execution_config(cfg)
-  data_lib.data_source(cfg['dataset'], cfg['data_source'])  # a bad pair fails before any read
-  if data_lib.dataset_augmentation(cfg['dataset'], cfg['augmentation']) == 'imagenet':
-    raise ValueError("augmentation='imagenet' is ImageNet training's streamed pipeline; the "
-                     f'search takes {", ".join(data_lib.AUGMENTATIONS[:-1])}')
   run_config.check_int(cfg, 'image_size', 0, 'as stored')
   if not 0 < cfg['train_portion'] < 1:
     raise ValueError(f"train_portion={cfg['train_portion']!r}: must be in (0, 1)")
@@ -301,11 +297,11 @@ def _setup(cfg: Mapping, workdir: str, space_from_run: SpaceFromRun, method: str
   any data is read or downloaded), the data, the devices and the space's construction. The
   space checks the image size when it initialises (``_initial_state``), also before any
   write."""
-  cfg = dict(cfg)
+  # the data source and augmentation stored resolved (a bad pair fails here): a run resumes
+  # with what it started with
+  cfg = {**cfg, 'data_source': data_lib.data_source(cfg['dataset'], cfg['data_source']),
+         'augmentation': data_lib.dataset_augmentation(cfg['dataset'], cfg['augmentation'])}
   _check_config(cfg)
-  # stored resolved: a run resumes with the source and augmentation it started with
-  cfg['data_source'] = data_lib.data_source(cfg['dataset'], cfg['data_source'])
-  cfg['augmentation'] = data_lib.dataset_augmentation(cfg['dataset'], cfg['augmentation'])
   methods.get(method)  # an unknown name fails before any data is read
   run_config.check_workdir_usable(workdir)
   dtype = run_config.run_dtype(cfg)

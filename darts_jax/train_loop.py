@@ -74,6 +74,14 @@ def _nas_bench_201(cfg: Mapping) -> bool:
   return cfg.get('search_space', 'darts_cnn') == 'nas_bench_201'
 
 
+def _resolved(cfg: dict) -> dict:
+  """``cfg`` with its data source and augmentation resolved (a bad pair fails here): a run
+  stores them so, and resumes with what it started with."""
+  return {**cfg, 'data_source': data_lib.data_source(cfg['dataset'], cfg['data_source']),
+          'augmentation': data_lib.dataset_augmentation(cfg['dataset'], cfg['augmentation'],
+                                                        _streamed(cfg))}
+
+
 def _check_config(cfg: Mapping) -> None:
   if cfg.get('search_space', 'darts_cnn') not in SPACES:
     raise ValueError(f"search_space={cfg['search_space']!r} is unknown; allowed: "
@@ -81,21 +89,10 @@ def _check_config(cfg: Mapping) -> None:
   for name in ('batch_size', 'init_channels', 'layers', 'epochs', 'stem_multiplier',
                'eval_every') + (('cells_per_stage',) if 'cells_per_stage' in cfg else ()):
     run_config.check_int(cfg, name, 1)
-  data_lib.data_source(cfg['dataset'], cfg['data_source'])  # a bad pair fails here
-  augmentation = data_lib.dataset_augmentation(cfg['dataset'], cfg['augmentation'],
-                                               _streamed(cfg))
-  if _streamed(cfg):
-    if augmentation not in ('imagenet', 'none'):
-      raise ValueError(f'augmentation={augmentation!r}: ImageNet takes imagenet (random-resized '
-                       'crop, flip, colour jitter) or none')
-    if _nas_bench_201(cfg):
-      raise ValueError("search_space='nas_bench_201' trains on small images; ImageNet trains "
-                       'the DARTS cells (search_space=darts_cnn)')
-  elif augmentation == 'imagenet':
-    raise ValueError(f"augmentation='imagenet' is ImageNet's streamed pipeline; "
-                     f'{cfg["dataset"]} takes {", ".join(data_lib.AUGMENTATIONS[:-1])}')
-  for name in ('loader_threads',):
-    run_config.check_int(cfg, name, 1)
+  if _streamed(cfg) and _nas_bench_201(cfg):
+    raise ValueError("search_space='nas_bench_201' trains on small images; ImageNet trains "
+                     'the DARTS cells (search_space=darts_cnn)')
+  run_config.check_int(cfg, 'loader_threads', 1)
   for name, zero in (('image_size', 'as stored' if not _streamed(cfg) else '224'),
                      ('loader_workers', 'threads only')):
     run_config.check_int(cfg, name, 0, zero)
@@ -148,15 +145,14 @@ def _check_shapes(cfg: Mapping, model, dataset: Data) -> None:
   check_image_size((1, *image_size, model.in_channels), stem + reductions, model.in_channels,
                    what='network')
   if cfg['auxiliary']:
-    # the head pools the map after the last reduction cell: CIFAR's to 2x2 with a 5x5 window at
-    # stride 3 (8x8 at 32x32), ImageNet's to 1x1 after a 5x5 window at stride 2 and a 2x2 conv
-    # (7x7 at 224x224)
+    # the head pools the map after the last reduction cell to 2x2 with a 5x5 window: CIFAR's at
+    # stride 3 (8x8 at 32x32), ImageNet's at stride 2 (7x7 at 224x224, then a 2x2 conv)
     h, w = (n // 2 ** (stem + reductions) for n in image_size)
-    stride, want, needs = (2, 2, '224x224') if _streamed(cfg) else (3, 2, '32x32')
-    if [(n - 5) // stride + 1 if n >= 5 else 0 for n in (h, w)] != [want, want]:
-      raise ValueError(f'auxiliary=True needs {needs} images (the head pools a '
-                       f'{"7x7" if _streamed(cfg) else "8x8"} map); {dataset.name} has '
-                       f'{image_size[0]}x{image_size[1]}: set auxiliary=False')
+    stride, needs, pooled = (2, '224x224', '7x7') if _streamed(cfg) else (3, '32x32', '8x8')
+    if [(n - 5) // stride + 1 if n >= 5 else 0 for n in (h, w)] != [2, 2]:
+      raise ValueError(f'auxiliary=True needs {needs} images (the head pools a {pooled} map); '
+                       f'{dataset.name} has {image_size[0]}x{image_size[1]}: set '
+                       'auxiliary=False')
 
 
 def param_counts(weights) -> tuple[int, int]:
@@ -210,12 +206,8 @@ class _Setup(NamedTuple):
 def _setup(cfg: Mapping, need_train: bool = True, workdir: str | None = None) -> _Setup:
   """Everything a run needs that can fail on bad input, before anything is written (and
   before any data is read, whether ``workdir`` can be written)."""
-  cfg = {**run_config.BEFORE_DATASETS, **cfg}
+  cfg = _resolved({**run_config.BEFORE_DATASETS, **cfg})
   _check_config(cfg)
-  # stored resolved: a run resumes with the source and augmentation it started with
-  cfg['data_source'] = data_lib.data_source(cfg['dataset'], cfg['data_source'])
-  cfg['augmentation'] = data_lib.dataset_augmentation(cfg['dataset'], cfg['augmentation'],
-                                                      _streamed(cfg))
   if workdir is not None:
     run_config.check_workdir_usable(workdir)
   dtype = run_config.run_dtype(cfg)

@@ -53,6 +53,11 @@ def test_each_dataset_gets_pt_darts_augmentation():
   with pytest.raises(ValueError, match="augmentation='rotate' is unknown; allowed: crop_flip, "
                                        "affine, affine_vflip, none, imagenet"):
     data.dataset_augmentation('mnist', 'rotate')
+  with pytest.raises(ValueError, match="'imagenet' is ImageNet training's streamed pipeline; "
+                                       "cifar10 in memory takes crop_flip, affine"):
+    data.dataset_augmentation('cifar10', 'imagenet')
+  with pytest.raises(ValueError, match="augmentation='affine': ImageNet takes imagenet"):
+    data.dataset_augmentation('imagenet', 'affine', streamed=True)
 
 
 def _square(n=7, channels=1, seed=0):
@@ -151,7 +156,7 @@ def test_folder_layout_labels_and_classes_file(tmp_path):
   np.testing.assert_allclose(train.mean, pixels.mean(0), rtol=1e-9)
   np.testing.assert_allclose(train.std, pixels.std(0), rtol=1e-9)
   assert test.mean == train.mean
-  path = folder_lib.write_classes(train, tmp_path)
+  path = folder_lib.write_classes(train.classes, tmp_path)
   assert path.read_text() == 'a_cat\nb_dog\nc_owl\n'
 
 

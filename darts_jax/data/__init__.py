@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pathlib
 
+from darts_jax.data import cifar10, imagenet, mnist
 from darts_jax.data.cifar10 import load_cifar, load_cifar10
 from darts_jax.data.digits import load_digits
 from darts_jax.data.folder import load_folder
@@ -35,12 +36,11 @@ DATASETS = ('cifar10', 'cifar100', 'mnist', 'fashion_mnist', 'imagenet', 'folder
 SOURCES = ('archive', 'folder', 'tfds')
 # the source a dataset is read from when --config.data_source is ''
 _DEFAULT_SOURCE = {'imagenet': 'folder', 'folder': 'folder'}
-# known datasets' normalisation constants and class counts, for their folder or TFDS copies
-_CONSTANTS = {'cifar10': ((0.49139968, 0.48215827, 0.44653124),
-                          (0.24703233, 0.24348505, 0.26158768)),
-              'cifar100': ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-              'mnist': ((0.1307,), (0.3081,)), 'fashion_mnist': ((0.2860,), (0.3530,)),
-              'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+# known datasets' normalisation constants, for their folder or TFDS copies: where each reader
+# keeps them
+_CONSTANTS = {**{name: (a.mean, a.std) for name, a in cifar10.ARCHIVES.items()},
+              **{name: (s.mean, s.std) for name, s in mnist.SOURCES.items()},
+              'imagenet': (imagenet.MEAN, imagenet.STD)}
 DATA_DIR_ENV = 'DARTS_JAX_DATA_DIR'
 
 

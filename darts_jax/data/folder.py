@@ -190,9 +190,8 @@ def _decode_all(paths: tuple[str, ...], mode: str, image_size: int) -> np.ndarra
   return out
 
 
-def write_classes(files_or_classes, workdir: str | os.PathLike) -> pathlib.Path:
+def write_classes(classes: tuple[str, ...], workdir: str | os.PathLike) -> pathlib.Path:
   """``workdir/classes.txt``: the class names in label order, one per line."""
-  classes = getattr(files_or_classes, 'classes', files_or_classes)
   path = pathlib.Path(workdir) / CLASSES_FILE
   from darts_jax.checkpoint import write_atomic
   write_atomic(str(path), ''.join(f'{c}\n' for c in classes))

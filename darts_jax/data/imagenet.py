@@ -25,6 +25,7 @@ import numpy as np
 
 from darts_jax.data import folder as folder_lib
 from darts_jax.data import tfds_source
+from darts_jax.data.pipeline import standardize
 
 # the torchvision constants the original normalises with
 MEAN = (0.485, 0.456, 0.406)
@@ -356,8 +357,4 @@ def train_preprocess(key: jax.Array, images: jax.Array, mean: Sequence[float],
                      std: Sequence[float], jitter: bool = True) -> jax.Array:
   """The device half of the training transform: colour jitter, then normalisation."""
   x = images.astype(jnp.float32) / 255.0
-  if jitter:
-    x = color_jitter(key, x)
-  mean = jnp.asarray(mean, jnp.float32).reshape(1, 1, 1, -1)
-  std = jnp.asarray(std, jnp.float32).reshape(1, 1, 1, -1)
-  return (x - mean) / std
+  return standardize(color_jitter(key, x) if jitter else x, mean, std)

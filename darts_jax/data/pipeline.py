@@ -102,11 +102,15 @@ def _check_batch(images: jax.Array, where: str) -> None:
     raise TypeError(f'{where}: expected uint8 pixels, got {images.dtype}')
 
 
-def _normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
-  # per channel of an NHWC batch
+def standardize(x: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+  """``(x - mean) / std`` per channel of an NHWC float batch on the [0, 1] scale."""
   mean = jnp.asarray(mean, jnp.float32).reshape(1, 1, 1, -1)
   std = jnp.asarray(std, jnp.float32).reshape(1, 1, 1, -1)
-  return (images.astype(jnp.float32) / 255.0 - mean) / std
+  return (x - mean) / std
+
+
+def _normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+  return standardize(images.astype(jnp.float32) / 255.0, mean, std)
 
 
 @jax.jit
@@ -158,12 +162,19 @@ _DATASET_AUGMENTATION = {'mnist': 'affine', 'fashion_mnist': 'affine_vflip'}
 def dataset_augmentation(dataset: str, augmentation: str = '', streamed: bool = False) -> str:
   """``augmentation``, or when it is '' the dataset's own (pt.darts): affine for MNIST, affine
   and vertical flip for Fashion-MNIST, ImageNet's for ImageNet ``streamed`` as it trains, crop
-  and flip for the rest."""
+  and flip for the rest; a one-line error for one the data cannot take ('imagenet' needs the
+  streamed images, which take only it or 'none')."""
   if augmentation and augmentation not in AUGMENTATIONS:
     raise ValueError(f'augmentation={augmentation!r} is unknown; allowed: '
                      f'{", ".join(AUGMENTATIONS)} (or \'\': the dataset\'s own)')
   if streamed:
+    if augmentation not in ('', 'imagenet', 'none'):
+      raise ValueError(f'augmentation={augmentation!r}: ImageNet takes imagenet (random-resized '
+                       'crop, flip, colour jitter) or none')
     return augmentation or 'imagenet'
+  if augmentation == 'imagenet':
+    raise ValueError(f"augmentation='imagenet' is ImageNet training's streamed pipeline; "
+                     f'{dataset} in memory takes {", ".join(AUGMENTATIONS[:-1])}')
   return augmentation or _DATASET_AUGMENTATION.get(dataset, 'crop_flip')
 
 
